@@ -1,0 +1,116 @@
+"""Dice for anomalib: the dataset-level score a factory sees, and the paper's per-image oracle.
+
+``Dice`` pools true/false positives over ALL pixels of all images at the model's threshold (the
+``pred_mask`` the post-processor produced): one threshold for the whole line. For binary masks this
+equals anomalib's pixel F1 score; it is reported under its segmentation name.
+
+``PerImageBestDice`` is the protocol of the RGI paper: every anomaly map is min-max normalised on
+its own, the best of 101 thresholds in [0, 1] is chosen FOR EACH IMAGE (an oracle a deployed system
+does not have), and the best Dice values are averaged over the images that contain a defect.
+"""
+
+from __future__ import annotations
+
+import torch
+from anomalib.metrics import AnomalibMetric
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+
+def _check_shapes(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if preds.shape != target.shape:
+        preds, target = preds.squeeze(), target.squeeze()
+    if preds.shape != target.shape:
+        msg = f"Predictions of shape {tuple(preds.shape)} do not match masks of shape {tuple(target.shape)}."
+        raise ValueError(msg)
+    return preds, target.bool()
+
+
+class _DiceScore(Metric):
+    """Dataset-level Dice ``2 TP / (2 TP + FP + FN)`` of binary predictions; 1.0 when both are empty."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("true_positives", "false_positives", "false_negatives"):
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Accumulate counts; ``preds`` is binarised at 0.5 if it is not boolean."""
+        preds, target = _check_shapes(preds, target)
+        preds = preds.bool() if preds.dtype == torch.bool else preds >= 0.5
+        self.true_positives += (preds & target).sum()
+        self.false_positives += (preds & ~target).sum()
+        self.false_negatives += (~preds & target).sum()
+
+    def compute(self) -> torch.Tensor:
+        """Return the pooled Dice."""
+        denominator = 2 * self.true_positives + self.false_positives + self.false_negatives
+        if denominator == 0:
+            return torch.tensor(1.0)
+        return 2 * self.true_positives.float() / denominator.float()
+
+
+class Dice(AnomalibMetric, _DiceScore):  # type: ignore[misc]
+    """Dataset-level Dice of ``pred_mask`` against ``gt_mask`` (use with ``prefix="pixel_"``)."""
+
+    default_fields = ("pred_mask", "gt_mask")
+
+
+def best_dice_per_image(anomaly_maps: torch.Tensor, masks: torch.Tensor, num_thresholds: int = 101) -> torch.Tensor:
+    """The paper's oracle Dice: per-image min-max normalisation, best of ``num_thresholds`` thresholds.
+
+    Args:
+        anomaly_maps (torch.Tensor): ``(N, H, W)`` (or ``(N, 1, H, W)``) maps.
+        masks (torch.Tensor): Ground-truth masks of the same shape.
+        num_thresholds (int): Thresholds spread evenly over [0, 1].
+
+    Returns:
+        torch.Tensor: ``(N,)`` best Dice per image (images without defect included; callers decide).
+    """
+    anomaly_maps, masks = _check_shapes(anomaly_maps.float(), masks)
+    if anomaly_maps.dim() == 2:
+        anomaly_maps, masks = anomaly_maps[None], masks[None]
+    flat = anomaly_maps.flatten(1)
+    low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    normalised = (flat - low) / (high - low).clamp_min(1e-12)
+    truth = masks.flatten(1).float()
+    thresholds = torch.linspace(0, 1, num_thresholds, device=flat.device)
+    predicted = (normalised[:, None, :] >= thresholds[None, :, None]).float()
+    intersection = (predicted * truth[:, None, :]).sum(-1)
+    total = predicted.sum(-1) + truth.sum(-1, keepdim=True)
+    dice = torch.where(total > 0, 2 * intersection / total.clamp_min(1), torch.ones_like(total))
+    return dice.amax(dim=1)
+
+
+class _PerImageBestDiceScore(Metric):
+    """Mean over defective images of :func:`best_dice_per_image`."""
+
+    full_state_update = False
+
+    def __init__(self, num_thresholds: int = 101, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_thresholds = num_thresholds
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+
+    def update(self, anomaly_maps: torch.Tensor, masks: torch.Tensor) -> None:
+        """Score the defective images of a batch."""
+        anomaly_maps, masks = _check_shapes(anomaly_maps, masks)
+        if masks.dim() == 2:
+            anomaly_maps, masks = anomaly_maps[None], masks[None]
+        defective = masks.flatten(1).any(dim=1)
+        if defective.any():
+            self.scores.append(best_dice_per_image(anomaly_maps[defective], masks[defective], self.num_thresholds))
+
+    def compute(self) -> torch.Tensor:
+        """Mean best Dice over defective images (NaN if there were none)."""
+        if not self.scores:
+            return torch.tensor(float("nan"))
+        return dim_zero_cat(self.scores).mean()
+
+
+class PerImageBestDice(AnomalibMetric, _PerImageBestDiceScore):  # type: ignore[misc]
+    """The RGI paper's per-image best-threshold Dice of ``anomaly_map`` (an oracle; see module doc)."""
+
+    default_fields = ("anomaly_map", "gt_mask")

@@ -1,0 +1,5 @@
+"""Models of anomalib-rgi."""
+
+from .rgi import Rgi
+
+__all__ = ["Rgi"]

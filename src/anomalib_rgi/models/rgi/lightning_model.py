@@ -1,0 +1,259 @@
+"""RGI / R-RGI as an anomalib model.
+
+``fit`` trains the GAN prior (generator, encoder, critic) on the normal training images with
+Lightning's manual optimisation; validation, test and predict score images by robust GAN inversion,
+and the absolute sparse mask ``|M|`` becomes the pixel anomaly map. R-RGI is the same model with
+``finetune_steps > 0``.
+
+Example:
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_rgi import Rgi
+    >>> from anomalib_rgi.data import RgiTextures
+    >>> engine = Engine()
+    >>> engine.train(Rgi(), datamodule=RgiTextures(category="grass"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torchvision.transforms.v2 import Resize
+
+from anomalib_rgi.metrics import Dice, PerImageBestDice
+from anomalib_rgi.visualization import RgiVisualizer
+
+from .inversion import InversionResult
+from .loss import CriticLoss, GeneratorLoss, corrupt
+from .torch_model import RgiModel
+
+logger = logging.getLogger(__name__)
+
+
+class PriorDivergedError(RuntimeError):
+    """The GAN prior's training produced a non-finite loss."""
+
+
+class Rgi(AnomalibModule):
+    """Robust GAN inversion (RGI, ICLR 2023) for unsupervised pixel-wise anomaly detection.
+
+    Args:
+        image_size (int): Side of the square images (inputs are resized to it).
+        latent_stride (int): Downsampling factor of the generator's spatial latent.
+        latent_channels (int): Channels of the spatial latent.
+        base_channels (int): Width of the networks at full resolution.
+        max_epochs (int): Epochs of GAN training.
+        lr (float): Adam learning rate of the GAN training.
+        adversarial_weight (float): Weight of the adversarial term for generator and encoder.
+        reconstruction_weight (float): Weight of the encoder reconstruction term.
+        lam (float): Mask sparsity ``lambda`` (in [-1, 1] pixel units; the paper's 0.4 is at 128 px).
+        steps (int): Inversion steps on ``z`` and ``M`` (the authors use 2000).
+        inversion_lr (float): Adam learning rate of ``z`` (authors: 0.1).
+        mask_lr (float): Adam learning rate of ``M`` (authors: 0.1).
+        mask_solver (str): ``"adam"`` (authors), ``"closed_form"`` or ``"none"`` (plain inversion,
+            the AnoGAN-style residual baseline).
+        latent_init (str): ``"encoder"`` or ``"pool"`` (authors: best of a random pool).
+        pool_size (int): Random pool size for ``latent_init="pool"`` (authors: 1000).
+        critic_weight (float): Critic realism weight ``lambda_D`` during inversion (authors: 0.1).
+        finetune_steps (int): R-RGI steps with per-image generator fine-tuning (0 = RGI).
+        finetune_lr (float): Learning rate of the generator weights in R-RGI (authors: 1e-5).
+        map_sigma (float): Gaussian smoothing of the anomaly map in pixels (0 = raw ``|M|``).
+        pre_processor (PreProcessor | bool): Pre-processor; ``True`` resizes to ``image_size``.
+        post_processor (PostProcessor | bool): Post-processor; ``True`` for anomalib's default.
+        evaluator (Evaluator | bool): Evaluator; ``True`` adds Dice to anomalib's metrics.
+        visualizer (Visualizer | bool): Visualizer; ``True`` also shows the restored image.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 128,
+        latent_stride: int = 8,
+        latent_channels: int = 8,
+        base_channels: int = 8,
+        max_epochs: int = 40,
+        lr: float = 2e-4,
+        adversarial_weight: float = 1.0,
+        reconstruction_weight: float = 10.0,
+        lam: float = 0.4,
+        steps: int = 200,
+        inversion_lr: float = 0.1,
+        mask_lr: float = 0.1,
+        mask_solver: str = "adam",
+        latent_init: str = "encoder",
+        pool_size: int = 256,
+        critic_weight: float = 0.0,
+        finetune_steps: int = 0,
+        finetune_lr: float = 1e-5,
+        map_sigma: float = 0.0,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor((image_size, image_size))
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        if max_epochs < 1:
+            msg = f"max_epochs must be at least 1, got {max_epochs}."
+            raise ValueError(msg)
+        self.save_hyperparameters(ignore=["pre_processor", "post_processor", "evaluator", "visualizer"])
+        self.model = RgiModel(
+            image_size=image_size,
+            latent_stride=latent_stride,
+            latent_channels=latent_channels,
+            base_channels=base_channels,
+            lam=lam,
+            steps=steps,
+            lr=inversion_lr,
+            mask_lr=mask_lr,
+            mask_solver=mask_solver,  # type: ignore[arg-type]
+            latent_init=latent_init,
+            pool_size=pool_size,
+            critic_weight=critic_weight,
+            finetune_steps=finetune_steps,
+            finetune_lr=finetune_lr,
+            map_sigma=map_sigma,
+        )
+        self.generator_loss = GeneratorLoss(adversarial_weight, reconstruction_weight)
+        self.critic_loss = CriticLoss()
+        self.automatic_optimization = False
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize only: the model maps [0, 1] pixels to the generator's [-1, 1] itself."""
+        return PreProcessor(transform=Resize(image_size or (128, 128), antialias=True))
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Anomalib's default metrics plus AUPRO, dataset-level Dice and the paper's per-image Dice."""
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            Dice(prefix="pixel_", strict=False),
+            PerImageBestDice(prefix="pixel_", strict=False),
+        ]
+        return Evaluator(test_metrics=test_metrics)
+
+    @classmethod
+    def configure_visualizer(cls) -> RgiVisualizer:
+        """Input, restored image, anomaly map, predicted and ground-truth masks side by side."""
+        return RgiVisualizer()
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Adam for the critic and for generator + encoder (DCGAN betas)."""
+        betas = (0.5, 0.999)
+        critic = torch.optim.Adam(self.model.critic.parameters(), lr=self.hparams.lr, betas=betas)
+        generator = torch.optim.Adam(
+            [*self.model.generator.parameters(), *self.model.encoder.parameters()],
+            lr=self.hparams.lr,
+            betas=betas,
+        )
+        return [critic, generator]
+
+    def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
+        """One critic step and one generator/encoder step."""
+        del batch_idx
+        critic_optimizer, generator_optimizer = self.optimizers()
+        self.model.check_images(batch.image)
+        images = batch.image * 2.0 - 1.0
+        latents = self.model.generator.sample_latent(images.shape[0])
+
+        fake = self.model.generator(latents)
+        encoded = self.model.encoder(corrupt(images))
+        reconstruction = self.model.generator(encoded)
+
+        critic_loss = self.critic_loss(
+            self.model.critic(images),
+            self.model.critic(fake.detach()),
+            self.model.critic(reconstruction.detach()),
+        )
+        self._check_finite("critic", critic_loss)
+        critic_optimizer.zero_grad()
+        self.manual_backward(critic_loss)
+        critic_optimizer.step()
+
+        losses = self.generator_loss(
+            images,
+            reconstruction,
+            encoded,
+            self.model.critic(fake),
+            self.model.critic(reconstruction),
+        )
+        self._check_finite("generator", losses["loss"])
+        generator_optimizer.zero_grad()
+        self.manual_backward(losses["loss"])
+        generator_optimizer.step()
+
+        self.log_dict(
+            {"critic_loss": critic_loss.detach(), "generator_loss": losses["loss"].detach()},
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+        )
+        self.log_dict(
+            {f"train_{name}": value.detach() for name, value in losses.items() if name != "loss"},
+            on_step=False,
+            on_epoch=True,
+        )
+        return {"loss": losses["loss"].detach()}
+
+    def _check_finite(self, name: str, loss: torch.Tensor) -> None:
+        if not math.isfinite(loss.item()):
+            msg = (
+                f"GAN training diverged: the {name} loss became {loss.item()} at epoch {self.current_epoch}, "
+                f"step {self.global_step}. Training stopped; the last checkpoint written before this point is "
+                "intact. Lower `lr` or `adversarial_weight`, or check the training images."
+            )
+            raise PriorDivergedError(msg)
+
+    def _score(self, batch: Batch) -> Batch:
+        result: InversionResult = self.model.invert(batch.image)
+        anomaly_map = self.model.anomaly_map(result)
+        batch.update(anomaly_map=anomaly_map, pred_score=anomaly_map.flatten(1).amax(dim=1))
+        # Not a field of anomalib's batch: the visualizer and the restoration API read it.
+        batch.restored = (result.restored + 1.0) / 2.0
+        return batch
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score validation images; the post-processor learns thresholds from them."""
+        del args, kwargs
+        return self._score(batch)
+
+    def test_step(self, batch: Batch, batch_idx: int, *args, **kwargs) -> STEP_OUTPUT:
+        """Score test images by robust inversion."""
+        del batch_idx, args, kwargs
+        return self._score(batch)
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """Score images by robust inversion."""
+        del batch_idx, dataloader_idx
+        return self._score(batch)
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Train for ``max_epochs`` and validate (costly inversions) only after the last epoch."""
+        epochs = self.hparams.max_epochs
+        return {"max_epochs": epochs, "check_val_every_n_epoch": epochs, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """RGI learns from normal images only."""
+        return LearningType.ONE_CLASS
