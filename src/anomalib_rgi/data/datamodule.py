@@ -44,7 +44,7 @@ class RgiTextures(MVTecAD):
     def __init__(
         self,
         root: Path | str = "./datasets/rgi_textures",
-        category: str = "grass",
+        category: str = "brick",
         image_size: int = 128,
         num_train: int = 240,
         num_test_good: int = 40,

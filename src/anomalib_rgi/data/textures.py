@@ -227,7 +227,13 @@ def build_category(
             _save_gray(mask.astype(np.float32), staging / "ground_truth" / defect / f"{name}_mask.png")
 
         (staging / "build.json").write_text(json.dumps(settings, indent=2))
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process finished the same build first; keep its copy if it matches.
+            if not (stamp.is_file() and json.loads(stamp.read_text()) == settings):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -14,7 +14,11 @@ from torch import nn
 
 
 def corrupt(images: torch.Tensor, fraction: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Paste a random-valued rectangle into a random ``fraction`` of the images (in [-1, 1]).
+    """Plant one gross corruption in a random ``fraction`` of the images (in [-1, 1]).
+
+    The corruptions imitate what the encoder must learn to look through: a box of 1/16 to 1/3 of the
+    side filled with a constant grey, with the same place of ANOTHER image of the batch (foreign
+    material), or with the image's own content shifted in brightness.
 
     Args:
         images (torch.Tensor): ``(N, C, H, W)`` in [-1, 1].
@@ -22,20 +26,28 @@ def corrupt(images: torch.Tensor, fraction: float = 0.5, generator: torch.Genera
         generator (torch.Generator | None): Random source.
 
     Returns:
-        torch.Tensor: A corrupted copy; each chosen image gets one box of 1/16 to 1/4 of its side,
-        filled with one random grey value.
+        torch.Tensor: A corrupted copy.
     """
     out = images.clone()
     num, _, height, width = images.shape
     device = images.device
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high, (1,), generator=generator, device=device))
+
     chosen = torch.rand(num, generator=generator, device=device) < fraction
     for index in torch.nonzero(chosen).flatten().tolist():
-        box_h = int(torch.randint(height // 16 + 1, height // 4 + 1, (1,), generator=generator, device=device))
-        box_w = int(torch.randint(width // 16 + 1, width // 4 + 1, (1,), generator=generator, device=device))
-        top = int(torch.randint(0, height - box_h + 1, (1,), generator=generator, device=device))
-        left = int(torch.randint(0, width - box_w + 1, (1,), generator=generator, device=device))
-        value = torch.rand(1, generator=generator, device=device) * 2 - 1
-        out[index, :, top : top + box_h, left : left + box_w] = value
+        box_h, box_w = draw(height // 16 + 1, height // 3 + 1), draw(width // 16 + 1, width // 3 + 1)
+        top, left = draw(0, height - box_h + 1), draw(0, width - box_w + 1)
+        region = (index, slice(None), slice(top, top + box_h), slice(left, left + box_w))
+        kind = draw(0, 3)
+        if kind == 0:
+            out[region] = torch.rand(1, generator=generator, device=device) * 2 - 1
+        elif kind == 1:
+            out[region] = images[((index + draw(1, max(num, 2))) % num, *region[1:])]
+        else:
+            shift = (torch.rand(1, generator=generator, device=device) - 0.5) * 1.6
+            out[region] = (images[region] + shift).clamp(-1, 1)
     return out
 
 

@@ -160,10 +160,10 @@ class RgiModel(nn.Module):
         image_size: int = 128,
         image_channels: int = 3,
         latent_stride: int = 8,
-        latent_channels: int = 16,
-        base_channels: int = 16,
-        lam: float = 0.4,
-        steps: int = 300,
+        latent_channels: int = 8,
+        base_channels: int = 8,
+        lam: float = 0.02,
+        steps: int = 200,
         lr: float = 0.1,
         mask_lr: float = 0.1,
         mask_solver: MaskSolver = "adam",
@@ -172,7 +172,7 @@ class RgiModel(nn.Module):
         critic_weight: float = 0.0,
         finetune_steps: int = 0,
         finetune_lr: float = 1e-5,
-        map_sigma: float = 0.0,
+        map_sigma: float = 4.0,
     ) -> None:
         super().__init__()
         if latent_init not in {"encoder", "pool"}:

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny data sets and tiny generators so the suite runs in minutes on 2 CPU cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from anomalib_rgi.data import build_category
+
+
+class LinearGenerator(nn.Module):
+    """A known, well-conditioned generator: G(z) = reshape(A z)."""
+
+    def __init__(self, latent_dim: int = 12, shape: tuple[int, int, int] = (1, 12, 12), seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.shape = shape
+        self.linear = nn.Linear(latent_dim, shape[0] * shape[1] * shape[2], bias=False)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn_like(self.linear.weight) * 0.3)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.linear(latent).view(latent.shape[0], *self.shape)
+
+
+@pytest.fixture
+def linear_generator() -> LinearGenerator:
+    return LinearGenerator()
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("textures")
+    build_category(root, "grass", image_size=32, num_train=16, num_test_good=4, num_test_defective=4, seed=0)
+    return root
+
+
+TINY_MODEL = {
+    "image_size": 32,
+    "latent_stride": 4,
+    "latent_channels": 4,
+    "base_channels": 4,
+    "max_epochs": 1,
+    "steps": 3,
+}
+TINY_DATA = {"image_size": 32, "num_train": 16, "num_test_good": 4, "num_test_defective": 4, "train_batch_size": 8}

@@ -1,0 +1,62 @@
+"""Dice metrics against values computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from anomalib.data import ImageBatch
+from anomalib.metrics import F1Score
+
+from anomalib_rgi.metrics import Dice, PerImageBestDice, best_dice_per_image
+
+
+def _batch(**fields) -> ImageBatch:
+    size = next(iter(fields.values())).shape
+    return ImageBatch(image=torch.zeros(size[0], 3, size[-2], size[-1]), **fields)
+
+
+def test_dice_pools_counts_over_images():
+    pred = torch.tensor([[[1, 1], [0, 0]], [[0, 0], [0, 1]]], dtype=torch.bool)
+    truth = torch.tensor([[[1, 0], [1, 0]], [[0, 0], [0, 0]]], dtype=torch.bool)
+    dice = Dice(prefix="pixel_")
+    dice.update(_batch(pred_mask=pred, gt_mask=truth))
+    # TP = 1, FP = 2, FN = 1: 2 / (2 + 2 + 1)
+    assert dice.name == "pixel_Dice"
+    assert dice.compute().item() == pytest.approx(0.4)
+
+
+def test_dice_equals_anomalib_pixel_f1_on_binary_masks():
+    torch.manual_seed(0)
+    pred = torch.rand(4, 8, 8) > 0.6
+    truth = torch.rand(4, 8, 8) > 0.7
+    dice, f1 = Dice(), F1Score(fields=["pred_mask", "gt_mask"])
+    batch = _batch(pred_mask=pred, gt_mask=truth)
+    dice.update(batch)
+    f1.update(batch)
+    assert dice.compute().item() == pytest.approx(f1.compute().item(), abs=1e-6)
+
+
+def test_dice_of_empty_prediction_and_truth_is_one_and_shapes_are_checked():
+    dice = Dice()
+    dice.update(_batch(pred_mask=torch.zeros(1, 4, 4, dtype=torch.bool), gt_mask=torch.zeros(1, 4, 4, dtype=torch.bool)))
+    assert dice.compute().item() == 1.0
+    with pytest.raises(ValueError, match="do not match"):
+        Dice().update(_batch(pred_mask=torch.zeros(1, 4, 4), gt_mask=torch.zeros(1, 5, 5, dtype=torch.bool)))
+
+
+def test_best_dice_per_image_uses_its_own_normalisation_and_best_threshold():
+    maps = torch.tensor([[[10.0, 8.0], [2.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    truth = torch.tensor([[[1, 1], [0, 0]], [[0, 0], [1, 0]]], dtype=torch.bool)
+    scores = best_dice_per_image(maps, truth)
+    # Image 0: normalised [1, .8, .2, 0]; a threshold in (0.2, 0.8] gives Dice 1.
+    # Image 1: constant map -> every threshold marks all or nothing; best is all: 2*1/(4+1).
+    assert scores.tolist() == pytest.approx([1.0, 0.4])
+
+
+def test_per_image_best_dice_averages_defective_images_only():
+    metric = PerImageBestDice(prefix="pixel_")
+    maps = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.3, 0.2], [0.1, 0.9]]])
+    truth = torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 0]]], dtype=torch.bool)
+    metric.update(_batch(anomaly_map=maps, gt_mask=truth))
+    assert metric.name == "pixel_PerImageBestDice"
+    assert metric.compute().item() == pytest.approx(1.0)
