@@ -29,6 +29,8 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Resize
 
@@ -226,6 +228,37 @@ class Rgi(AnomalibModule):
         """Input, restored image, anomaly map, predicted and ground-truth masks side by side."""
         return RgiVisualizer()
 
+    def configure_callbacks(self) -> list[Callback]:
+        """Anomalib's components, plus a checkpoint after EVERY training epoch.
+
+        Validation (the costly inversions) runs only after the last epoch, and Lightning's
+        ``ModelCheckpoint`` without a monitor then saves only at that point: an interrupted or
+        diverged run would leave nothing. Replacing the Engine's checkpoint callback by one that saves
+        at each epoch end (same folder and name; after validation in the last epoch, so the learned
+        thresholds are in the final file) keeps the last good state on disk.
+        """
+        callbacks = list(super().configure_callbacks())
+        existing = self._trainer.checkpoint_callback if self._trainer is not None else None
+        if isinstance(existing, ModelCheckpoint) and existing.monitor is None:
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=existing.dirpath,
+                    filename=existing.filename,
+                    auto_insert_metric_name=False,
+                    save_on_train_epoch_end=True,
+                ),
+            )
+        return callbacks
+
+    def on_fit_start(self) -> None:
+        """Refuse to train a prior on nothing: anomalib accepts an empty training folder silently."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        train_data = getattr(datamodule, "train_data", None)
+        if train_data is not None and len(train_data) == 0:
+            where = Path(getattr(datamodule, "root", "?")) / str(getattr(datamodule, "category", "")) / "train"
+            msg = f"The training set is empty (looked in {where}): RGI needs defect-free training images."
+            raise ValueError(msg)
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Adam for the critic and for generator + encoder (DCGAN betas)."""
         betas = (0.5, 0.999)
@@ -276,11 +309,13 @@ class Rgi(AnomalibModule):
             prog_bar=True,
             on_step=True,
             on_epoch=True,
+            batch_size=images.shape[0],
         )
         self.log_dict(
             {f"train_{name}": value.detach() for name, value in losses.items() if name != "loss"},
             on_step=False,
             on_epoch=True,
+            batch_size=images.shape[0],
         )
         return {"loss": losses["loss"].detach()}
 
