@@ -27,11 +27,19 @@ if "anomalib" not in sys.modules:
         import anomalib  # noqa: F401
     except ImportError:
         stub_data = types.ModuleType("anomalib.data")
-        stub_data.InferenceBatch = namedtuple("InferenceBatch", "pred_score pred_label anomaly_map pred_mask", defaults=(None,) * 4)
+        stub_data.InferenceBatch = namedtuple(
+            "InferenceBatch", "pred_score pred_label anomaly_map pred_mask", defaults=(None,) * 4
+        )
         stub_components = types.ModuleType("anomalib.models.components")
         stub_components.GaussianBlur2d = None
-        sys.modules.update({"anomalib": types.ModuleType("anomalib"), "anomalib.data": stub_data,
-                            "anomalib.models": types.ModuleType("anomalib.models"), "anomalib.models.components": stub_components})
+        sys.modules.update(
+            {
+                "anomalib": types.ModuleType("anomalib"),
+                "anomalib.data": stub_data,
+                "anomalib.models": types.ModuleType("anomalib.models"),
+                "anomalib.models.components": stub_components,
+            }
+        )
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
@@ -41,17 +49,21 @@ if not hasattr(sys.modules["anomalib"], "__file__"):
         module = types.ModuleType(package)
         module.__path__ = [str(SRC.joinpath(*package.split(".")))]
         sys.modules[package] = module
-from anomalib_rgi.data.textures import build_category  # noqa: E402
-from anomalib_rgi.models.rgi.inversion import invert  # noqa: E402
-from anomalib_rgi.models.rgi.loss import CriticLoss, GeneratorLoss, corrupt  # noqa: E402
-from anomalib_rgi.models.rgi.torch_model import RgiModel  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from anomalib_rgi.data.textures import build_category
+from anomalib_rgi.models.rgi.inversion import invert
+from anomalib_rgi.models.rgi.loss import CriticLoss, GeneratorLoss, corrupt
+from anomalib_rgi.models.rgi.torch_model import RgiModel
 
 
 def load_split(root: Path):
     def load(paths):
-        return torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1).float() / 255 for p in paths])
+        return torch.stack(
+            [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1).float() / 255 for p in paths]
+        )
+
     train = load(sorted((root / "train" / "good").glob("*.png")))
     test_paths = sorted((root / "test").glob("*/*.png"))
     masks = []
@@ -115,19 +127,26 @@ def main() -> None:
             torch.manual_seed(0)
             model = RgiModel(128, 3, stride, channels, base).to(device)
             start = time.time()
-            final = train_prior(model, train, iterations, 16, device, args.adversarial_weight, seed=0)
+            train_prior(model, train, iterations, 16, device, args.adversarial_weight, seed=0)
             train_seconds = time.time() - start
             model.eval()
             with torch.no_grad():
                 z0 = model.encoder(x)
-            methods = {"encoder_residual": None, "plain_lr0.1": {"mask_solver": "none"},
-                       "plain_lr0.02": {"mask_solver": "none", "lr": 0.02}}
+            methods = {
+                "encoder_residual": None,
+                "plain_lr0.1": {"mask_solver": "none"},
+                "plain_lr0.02": {"mask_solver": "none", "lr": 0.02},
+            }
             for lam in (0.02, 0.005):
                 for lr in (0.1, 0.02):
                     methods[f"rgi_adam_{lam}_lr{lr}"] = {"lam": lam, "lr": lr}
                     methods[f"rgi_cf_{lam}_lr{lr}"] = {"lam": lam, "lr": lr, "mask_solver": "closed_form"}
-                methods[f"rrgi_adam_{lam}_lr0.02"] = {"lam": lam, "lr": 0.02, "finetune_steps": args.steps // 2,
-                                                      "finetune_lr": 1e-4}
+                methods[f"rrgi_adam_{lam}_lr0.02"] = {
+                    "lam": lam,
+                    "lr": 0.02,
+                    "finetune_steps": args.steps // 2,
+                    "finetune_lr": 1e-4,
+                }
             for name, kwargs in methods.items():
                 start = time.time()
                 if kwargs is None:
@@ -143,11 +162,15 @@ def main() -> None:
                     smoothed = amap if sigma == 0 else gaussian_blur(amap, sigma)
                     flat = smoothed[:, 0].cpu().numpy()
                     row = {
-                        "category": args.category, "config": config, "iterations": iterations, "method": name,
+                        "category": args.category,
+                        "config": config,
+                        "iterations": iterations,
+                        "method": name,
                         "sigma": sigma,
                         "pixel_auroc": round(float(roc_auc_score(masks.ravel(), flat.ravel())), 4),
                         "best_dice": round(best_dataset_dice(flat.ravel(), masks.ravel()), 4),
-                        "mse_good": round(mse_good, 4), "seconds": round(seconds, 2),
+                        "mse_good": round(mse_good, 4),
+                        "seconds": round(seconds, 2),
                         "train_seconds": round(train_seconds, 1),
                     }
                     print(json.dumps(row), flush=True)

@@ -50,7 +50,11 @@ def run_category(category: str, args: argparse.Namespace, out: Path) -> list[dic
     methods = {
         "plain inversion (residual map)": {"mask_solver": "none", "finetune_steps": 0},
         "RGI (mask map)": {"mask_solver": "adam", "finetune_steps": 0},
-        "R-RGI (mask map)": {"mask_solver": "adam", "finetune_steps": args.finetune_steps, "finetune_lr": args.finetune_lr},
+        "R-RGI (mask map)": {
+            "mask_solver": "adam",
+            "finetune_steps": args.finetune_steps,
+            "finetune_lr": args.finetune_lr,
+        },
     }
     rows = []
     for method, settings in methods.items():
@@ -58,13 +62,15 @@ def run_category(category: str, args: argparse.Namespace, out: Path) -> list[dic
         start = time.time()
         engine.validate(model=model, datamodule=datamodule)
         metrics = engine.test(model=model, datamodule=datamodule)[0]
-        rows.append({
-            "category": category,
-            "method": method,
-            **{name: round(float(metrics[name]), 4) for name in METRICS},
-            "fit_s": round(fit_seconds, 1),
-            "val_test_s": round(time.time() - start, 1),
-        })
+        rows.append(
+            {
+                "category": category,
+                "method": method,
+                **{name: round(float(metrics[name]), 4) for name in METRICS},
+                "fit_s": round(fit_seconds, 1),
+                "val_test_s": round(time.time() - start, 1),
+            }
+        )
     return rows
 
 
@@ -97,7 +103,9 @@ def main() -> None:
     rows = []
     for category in args.categories:
         rows += run_category(category, args, out)
-        (out / "results.json").write_text(json.dumps({"machine": machine(), "args": vars(args), "rows": rows}, indent=2))
+        (out / "results.json").write_text(
+            json.dumps({"machine": machine(), "args": vars(args), "rows": rows}, indent=2)
+        )
     header = (
         f"Quality benchmark, {stamp}, {machine()}; max_epochs={args.max_epochs}, steps={args.steps}, "
         f"R-RGI +{args.finetune_steps} steps at lr {args.finetune_lr}"

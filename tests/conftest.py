@@ -34,7 +34,7 @@ def linear_generator() -> LinearGenerator:
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("textures")
-    build_category(root, "grass", image_size=32, num_train=16, num_test_good=4, num_test_defective=4, seed=0)
+    build_category(root, "grass", crop_size=32, num_train=16, num_test_good=4, num_test_defective=4, seed=0)
     return root
 
 
@@ -46,4 +46,4 @@ TINY_MODEL = {
     "max_epochs": 1,
     "steps": 3,
 }
-TINY_DATA = {"image_size": 32, "num_train": 16, "num_test_good": 4, "num_test_defective": 4, "train_batch_size": 8}
+TINY_DATA = {"crop_size": 32, "num_train": 16, "num_test_good": 4, "num_test_defective": 4, "train_batch_size": 8}

@@ -38,7 +38,9 @@ def test_dice_equals_anomalib_pixel_f1_on_binary_masks():
 
 def test_dice_of_empty_prediction_and_truth_is_one_and_shapes_are_checked():
     dice = Dice()
-    dice.update(_batch(pred_mask=torch.zeros(1, 4, 4, dtype=torch.bool), gt_mask=torch.zeros(1, 4, 4, dtype=torch.bool)))
+    dice.update(
+        _batch(pred_mask=torch.zeros(1, 4, 4, dtype=torch.bool), gt_mask=torch.zeros(1, 4, 4, dtype=torch.bool))
+    )
     assert dice.compute().item() == 1.0
     with pytest.raises(ValueError, match="do not match"):
         Dice().update(_batch(pred_mask=torch.zeros(1, 4, 4), gt_mask=torch.zeros(1, 5, 5, dtype=torch.bool)))

@@ -59,7 +59,7 @@ class Dice(AnomalibMetric, _DiceScore):  # type: ignore[misc]
 
 
 def best_dice_per_image(anomaly_maps: torch.Tensor, masks: torch.Tensor, num_thresholds: int = 101) -> torch.Tensor:
-    """The paper's oracle Dice: per-image min-max normalisation, best of ``num_thresholds`` thresholds.
+    """Compute the paper's oracle Dice: per-image min-max normalisation, best of ``num_thresholds`` thresholds.
 
     Args:
         anomaly_maps (torch.Tensor): ``(N, H, W)`` (or ``(N, 1, H, W)``) maps.
@@ -68,6 +68,7 @@ def best_dice_per_image(anomaly_maps: torch.Tensor, masks: torch.Tensor, num_thr
 
     Returns:
         torch.Tensor: ``(N,)`` best Dice per image (images without defect included; callers decide).
+
     """
     anomaly_maps, masks = _check_shapes(anomaly_maps.float(), masks)
     if anomaly_maps.dim() == 2:

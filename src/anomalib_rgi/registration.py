@@ -43,7 +43,9 @@ def _case_insensitive(resolve: Callable[[Any, str], str]) -> Callable[[Any, str]
         class_path = resolve(cls, name)
         if "." in class_path or not (isinstance(cls, type) and issubclass(cls, _anomalib_base_classes())):
             return class_path
-        matches = [path for path in get_all_subclass_paths(cls) if _normalise(path.rsplit(".", 1)[1]) == _normalise(name)]
+        matches = [
+            path for path in get_all_subclass_paths(cls) if _normalise(path.rsplit(".", 1)[1]) == _normalise(name)
+        ]
         return matches[0] if len(matches) == 1 else class_path
 
     setattr(resolve_class_path_by_name, _PATCH_MARK, True)

@@ -21,7 +21,7 @@ class RgiTextures(MVTecAD):
     Args:
         root (Path | str): Folder of the built data set.
         category (str): ``"brick"``, ``"grass"`` or ``"gravel"``.
-        image_size (int): Side of the crops in pixels.
+        crop_size (int): Side of the crops in pixels.
         num_train (int): Defect-free training crops.
         num_test_good (int): Defect-free test crops.
         num_test_defective (int): Defective test crops.
@@ -39,13 +39,14 @@ class RgiTextures(MVTecAD):
             test crops (stratified), so that thresholds are learned on images the test never sees.
         val_split_ratio (float): Validation share.
         seed (int | None): Seed of the validation split.
+
     """
 
     def __init__(
         self,
         root: Path | str = "./datasets/rgi_textures",
         category: str = "brick",
-        image_size: int = 128,
+        crop_size: int = 128,
         num_train: int = 240,
         num_test_good: int = 40,
         num_test_defective: int = 40,
@@ -83,7 +84,7 @@ class RgiTextures(MVTecAD):
             seed=seed,
         )
         self.build_options = {
-            "image_size": image_size,
+            "crop_size": crop_size,
             "num_train": num_train,
             "num_test_good": num_test_good,
             "num_test_defective": num_test_defective,

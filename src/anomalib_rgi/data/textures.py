@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ def load_photograph(category: str) -> np.ndarray:
 
     Raises:
         ValueError: If ``category`` is not one of :data:`CATEGORIES`.
+
     """
     if category not in CATEGORIES:
         msg = f"Unknown texture category {category!r}; choose one of {CATEGORIES}."
@@ -75,7 +77,7 @@ def _blob_mask(size: int, rng: np.random.Generator, min_radius: float, max_radiu
 
 
 def _scratch_mask(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A thin curved line across part of the image."""
+    """Draw a thin curved line across part of the image."""
     from skimage.draw import line  # noqa: PLC0415
 
     mask = np.zeros((size, size), dtype=bool)
@@ -84,7 +86,7 @@ def _scratch_mask(size: int, rng: np.random.Generator) -> np.ndarray:
     t = np.linspace(0.0, 1.0, 24)[:, None]
     curve = (1 - t) ** 2 * points[0] + 2 * (1 - t) * t * control + t**2 * points[1]
     curve = np.clip(np.round(curve), 0, size - 1).astype(int)
-    for (r0, c0), (r1, c1) in zip(curve[:-1], curve[1:], strict=True):
+    for (r0, c0), (r1, c1) in pairwise(curve):
         rr, cc = line(r0, c0, r1, c1)
         mask[rr, cc] = True
     width = int(rng.integers(1, 3))
@@ -108,6 +110,7 @@ def add_defect(
     Returns:
         tuple[np.ndarray, np.ndarray]: The defective image and its boolean mask; the mask marks
         exactly the pixels that were replaced.
+
     """
     size = crop.shape[0]
     image = crop.copy()
@@ -139,7 +142,7 @@ def _save_gray(array: np.ndarray, path: Path) -> None:
 def build_category(
     root: Path | str,
     category: str,
-    image_size: int = 128,
+    crop_size: int = 128,
     num_train: int = 240,
     num_test_good: int = 40,
     num_test_defective: int = 40,
@@ -154,7 +157,7 @@ def build_category(
     Args:
         root (Path | str): Folder that receives ``<category>/``.
         category (str): ``"brick"``, ``"grass"`` or ``"gravel"``.
-        image_size (int): Side of the square crops, in pixels.
+        crop_size (int): Side of the square crops, in pixels.
         num_train (int): Number of defect-free training crops.
         num_test_good (int): Number of defect-free test crops.
         num_test_defective (int): Number of defective test crops (spread over :data:`DEFECT_TYPES`).
@@ -165,11 +168,12 @@ def build_category(
 
     Raises:
         ValueError: If a size or count is out of range.
+
     """
     photo = load_photograph(category)
     split_row = int(photo.shape[0] * TRAIN_ROW_FRACTION)
-    if not 16 <= image_size <= photo.shape[0] - split_row:
-        msg = f"image_size must be between 16 and {photo.shape[0] - split_row} pixels, got {image_size}."
+    if not 16 <= crop_size <= photo.shape[0] - split_row:
+        msg = f"crop_size must be between 16 and {photo.shape[0] - split_row} pixels, got {crop_size}."
         raise ValueError(msg)
     if min(num_train, num_test_good, num_test_defective) < 1:
         msg = "num_train, num_test_good and num_test_defective must all be at least 1."
@@ -178,7 +182,7 @@ def build_category(
     settings = {
         "version": BUILD_VERSION,
         "category": category,
-        "image_size": image_size,
+        "crop_size": crop_size,
         "num_train": num_train,
         "num_test_good": num_test_good,
         "num_test_defective": num_test_defective,
@@ -190,10 +194,7 @@ def build_category(
     if stamp.is_file() and json.loads(stamp.read_text()) == settings:
         return target
     if target.exists():
-        msg = (
-            f"{target} exists but was not built with these settings ({settings}). "
-            "Remove it or choose another root."
-        )
+        msg = f"{target} exists but was not built with these settings ({settings}). Remove it or choose another root."
         raise FileExistsError(msg)
 
     rng = np.random.default_rng([seed, CATEGORIES.index(category)])
@@ -204,20 +205,20 @@ def build_category(
         train_dir = staging / "train" / "good"
         train_dir.mkdir(parents=True)
         for index in range(num_train):
-            _save_gray(_random_crop(photo, (0, split_row), image_size, rng), train_dir / f"{index:03d}.png")
+            _save_gray(_random_crop(photo, (0, split_row), crop_size, rng), train_dir / f"{index:03d}.png")
 
         test_rows = (split_row, photo.shape[0])
         good_dir = staging / "test" / "good"
         good_dir.mkdir(parents=True)
         for index in range(num_test_good):
-            _save_gray(_random_crop(photo, test_rows, image_size, rng), good_dir / f"{index:03d}.png")
+            _save_gray(_random_crop(photo, test_rows, crop_size, rng), good_dir / f"{index:03d}.png")
 
         counters = dict.fromkeys(DEFECT_TYPES, 0)
         for index in range(num_test_defective):
             defect = DEFECT_TYPES[index % len(DEFECT_TYPES)]
-            crop = _random_crop(photo, test_rows, image_size, rng)
+            crop = _random_crop(photo, test_rows, crop_size, rng)
             source = others[int(rng.integers(len(others)))]
-            foreign = _random_crop(source, (0, source.shape[0]), image_size, rng)
+            foreign = _random_crop(source, (0, source.shape[0]), crop_size, rng)
             image, mask = add_defect(crop, defect, rng, foreign)
             name = f"{counters[defect]:03d}"
             counters[defect] += 1

@@ -40,6 +40,7 @@ class InversionResult:
             ``mask_solver="none"``), ``(N, C, H, W)``.
         latent (torch.Tensor): The optimised latent ``z``.
         loss (torch.Tensor): The final objective per image, ``(N,)``.
+
     """
 
     restored: torch.Tensor
@@ -57,6 +58,7 @@ def closed_form_mask(residual: torch.Tensor, lam: float) -> torch.Tensor:
 
     Returns:
         torch.Tensor: ``max(0, 1 - lam / (2 r^2))``, in [0, 1).
+
     """
     return torch.clamp(1.0 - lam / (2.0 * residual.square()).clamp_min(1e-12), min=0.0)
 
@@ -67,7 +69,7 @@ def robust_objective(
     mask: torch.Tensor | None,
     lam: float,
 ) -> torch.Tensor:
-    """The data term of RGI per image: ``sum((1 - M)^2 (x - G(z))^2) + lam * sum(|M|)``.
+    """Compute the data term of RGI per image: ``sum((1 - M)^2 (x - G(z))^2) + lam * sum(|M|)``.
 
     Args:
         images (torch.Tensor): Targets ``x``, ``(N, C, H, W)``.
@@ -77,6 +79,7 @@ def robust_objective(
 
     Returns:
         torch.Tensor: One value per image, ``(N,)``.
+
     """
     residual = images - restored
     if mask is None:
@@ -97,6 +100,7 @@ def best_of_pool(generator: nn.Module, images: torch.Tensor, pool: torch.Tensor,
 
     Returns:
         torch.Tensor: ``(N, ...)`` latents, one chosen candidate per image.
+
     """
     best_distance = torch.full((images.shape[0],), float("inf"), device=images.device)
     best_index = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
@@ -181,6 +185,7 @@ def invert(
     Raises:
         ValueError: On an unknown solver, negative step counts, a non-positive ``lam`` for a robust
             solver, mismatched batch sizes or non-finite inputs.
+
     """
     if mask_solver not in MASK_SOLVERS:
         msg = f"mask_solver must be one of {MASK_SOLVERS}, got {mask_solver!r}."
@@ -211,10 +216,8 @@ def invert(
             return vmap(lambda p, z: functional_call(generator, p, (z.unsqueeze(0),)).squeeze(0))(per_image, latents)
 
         def objective(restored: torch.Tensor) -> torch.Tensor:
-            if mask_solver == "closed_form":
-                current_mask = closed_form_mask((target - restored).detach(), lam)
-            else:
-                current_mask = mask
+            # closed form: envelope theorem, the optimal mask is treated as a constant in z
+            current_mask = closed_form_mask((target - restored).detach(), lam) if mask_solver == "closed_form" else mask
             loss = robust_objective(target, restored, current_mask, lam)
             if critic is not None and critic_weight:
                 loss = loss - critic_weight * critic(restored).flatten(1).mean(1)
@@ -232,7 +235,9 @@ def invert(
                     for name, value in weights.items()
                 }
                 params = params + list(per_image.values())
-                states += [_AdamState(torch.zeros_like(p), torch.zeros_like(p), finetune_lr) for p in per_image.values()]
+                states += [
+                    _AdamState(torch.zeros_like(p), torch.zeros_like(p), finetune_lr) for p in per_image.values()
+                ]
             loss = objective(generate(latent, per_image)).sum()
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():

@@ -11,6 +11,7 @@ Example:
     >>> from anomalib_rgi.data import RgiTextures
     >>> engine = Engine()
     >>> engine.train(Rgi(), datamodule=RgiTextures(category="grass"))  # doctest: +SKIP
+
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def check_rgi_checkpoint(checkpoint: dict[str, Any], expected: dict[str, Any] | 
 
     Raises:
         ValueError: With what the checkpoint is and what to do instead.
+
     """
     state = checkpoint.get("state_dict", {})
     if not any(key.startswith("model.generator.") for key in state):
@@ -112,6 +114,7 @@ class Rgi(AnomalibModule):
         post_processor (PostProcessor | bool): Post-processor; ``True`` for anomalib's default.
         evaluator (Evaluator | bool): Evaluator; ``True`` adds Dice to anomalib's metrics.
         visualizer (Visualizer | bool): Visualizer; ``True`` also shows the restored image.
+
     """
 
     def __init__(
@@ -121,7 +124,7 @@ class Rgi(AnomalibModule):
         latent_channels: int = 8,
         base_channels: int = 8,
         max_epochs: int = 40,
-        lr: float = 2e-4,
+        lr: float = 2e-4,  # noqa: ARG002  (read through self.hparams, like max_epochs)
         adversarial_weight: float = 1.0,
         reconstruction_weight: float = 10.0,
         lam: float = 0.02,
@@ -189,6 +192,7 @@ class Rgi(AnomalibModule):
 
         Returns:
             Rgi: The model.
+
         """
         path = Path(checkpoint_path)
         if not path.is_file():

@@ -27,6 +27,7 @@ def corrupt(images: torch.Tensor, fraction: float = 0.5, generator: torch.Genera
 
     Returns:
         torch.Tensor: A corrupted copy.
+
     """
     out = images.clone()
     num, _, height, width = images.shape
@@ -64,6 +65,7 @@ class GeneratorLoss(nn.Module):
         adversarial_weight (float): Weight of ``-D(G(.))`` on random and encoded latents.
         reconstruction_weight (float): Weight of the mean absolute reconstruction error.
         latent_weight (float): Weight of :func:`latent_moment_penalty`.
+
     """
 
     def __init__(

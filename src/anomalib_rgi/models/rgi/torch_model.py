@@ -12,6 +12,7 @@ per-image generator fine-tuning of R-RGI (vmap over weights) and ONNX export bot
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 from anomalib.data import InferenceBatch
@@ -56,6 +57,7 @@ class Generator(nn.Module):
         latent_channels (int): Channels of the latent grid.
         base_channels (int): Width at full resolution; doubles at every coarser level.
         image_channels (int): Channels of the output images.
+
     """
 
     def __init__(
@@ -71,7 +73,7 @@ class Generator(nn.Module):
         widths = _widths(levels, base_channels)
         self.latent_shape = (latent_channels, image_size // latent_stride, image_size // latent_stride)
         layers: list[nn.Module] = [nn.Conv2d(latent_channels, widths[0], 3, padding=1), nn.LeakyReLU(0.2), PixelNorm()]
-        for in_width, out_width in zip(widths[:-1], widths[1:], strict=True):
+        for in_width, out_width in pairwise(widths):
             layers += [
                 nn.Upsample(scale_factor=2, mode="nearest"),
                 nn.Conv2d(in_width, out_width, 3, padding=1),
@@ -106,7 +108,7 @@ class Encoder(nn.Module):
         levels = _num_levels(image_size, latent_stride)
         widths = _widths(levels, base_channels)[::-1]
         layers: list[nn.Module] = [nn.Conv2d(image_channels, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
-        for in_width, out_width in zip(widths[:-1], widths[1:], strict=True):
+        for in_width, out_width in pairwise(widths):
             layers += [nn.Conv2d(in_width, out_width, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         layers.append(nn.Conv2d(widths[-1], latent_channels, 3, padding=1))
         self.net = nn.Sequential(*layers)
@@ -123,7 +125,7 @@ class Critic(nn.Module):
         super().__init__()
         widths = [min(base_channels * 2**level, 256) for level in range(levels + 1)]
         layers: list[nn.Module] = [spectral_norm(nn.Conv2d(image_channels, widths[0], 3, padding=1)), nn.LeakyReLU(0.2)]
-        for in_width, out_width in zip(widths[:-1], widths[1:], strict=True):
+        for in_width, out_width in pairwise(widths):
             layers += [spectral_norm(nn.Conv2d(in_width, out_width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
         layers.append(spectral_norm(nn.Conv2d(widths[-1], 1, 3, padding=1)))
         self.net = nn.Sequential(*layers)
@@ -153,6 +155,7 @@ class RgiModel(nn.Module):
         finetune_steps (int): R-RGI steps with per-image generator weights (0 = RGI).
         finetune_lr (float): Learning rate of the generator weights in R-RGI.
         map_sigma (float): Gaussian smoothing of the anomaly map, in pixels (0 = none).
+
     """
 
     def __init__(
@@ -202,6 +205,7 @@ class RgiModel(nn.Module):
 
         Raises:
             ValueError: Wrong rank, channel count or size, or non-finite values.
+
         """
         expected = (self.image_channels, self.image_size, self.image_size)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
@@ -216,7 +220,7 @@ class RgiModel(nn.Module):
             raise ValueError(msg)
 
     def initial_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """Starting latents for the inversion of ``images`` (in [-1, 1])."""
+        """Return the starting latents for the inversion of ``images`` (in [-1, 1])."""
         if self.latent_init == "encoder":
             with torch.no_grad():
                 return self.encoder(images)
@@ -246,6 +250,7 @@ class RgiModel(nn.Module):
 
         Returns:
             InferenceBatch: ``anomaly_map`` and ``pred_score`` (maximum of the map).
+
         """
         anomaly_map = self.anomaly_map(self.invert(images))
         return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)

@@ -1,0 +1,102 @@
+"""The built-in data set: deterministic, disjoint, exact masks, never half-written."""
+
+from __future__ import annotations
+
+import filecmp
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomalib_rgi.data import DEFECT_TYPES, RgiTextures, build_category, textures
+
+SMALL = {"crop_size": 32, "num_train": 6, "num_test_good": 2, "num_test_defective": 4}
+
+
+def _files(root):
+    return sorted(path.relative_to(root) for path in root.rglob("*.png"))
+
+
+def test_build_is_deterministic_for_a_seed(tmp_path):
+    first = build_category(tmp_path / "a", "gravel", **SMALL, seed=3)
+    second = build_category(tmp_path / "b", "gravel", **SMALL, seed=3)
+    other = build_category(tmp_path / "c", "gravel", **SMALL, seed=4)
+    assert _files(first) == _files(second)
+    assert all(filecmp.cmp(first / name, second / name, shallow=False) for name in _files(first))
+    assert not all(filecmp.cmp(first / name, other / name, shallow=False) for name in _files(first))
+
+
+def test_layout_counts_and_masks(tmp_path):
+    root = build_category(tmp_path, "brick", **SMALL)
+    assert len(list((root / "train" / "good").glob("*.png"))) == 6
+    assert len(list((root / "test" / "good").glob("*.png"))) == 2
+    for defect in DEFECT_TYPES:
+        images = sorted((root / "test" / defect).glob("*.png"))
+        assert len(images) == 1
+        mask = np.array(Image.open(root / "ground_truth" / defect / f"{images[0].stem}_mask.png"))
+        assert set(np.unique(mask)) == {0, 255}
+        assert 0 < (mask > 0).mean() < 0.5
+
+
+def test_train_and_test_come_from_disjoint_rows(monkeypatch, tmp_path):
+    seen = []
+    original = textures._random_crop
+
+    def record(photo, rows, size, rng):
+        seen.append(rows)
+        return original(photo, rows, size, rng)
+
+    monkeypatch.setattr(textures, "_random_crop", record)
+    build_category(tmp_path, "grass", **SMALL)
+    split = int(512 * textures.TRAIN_ROW_FRACTION)
+    train_rows, test_rows = seen[:6], seen[6:]
+    assert all(rows == (0, split) for rows in train_rows)
+    # the foreign-material source crops come from OTHER photographs, any rows
+    assert sum(rows == (split, 512) for rows in test_rows) == 2 + 4
+
+
+def test_defect_mask_marks_exactly_the_changed_pixels():
+    rng = np.random.default_rng(0)
+    crop = np.full((64, 64), 0.5, dtype=np.float32)
+    for defect in ("scratch", "hole"):
+        image, mask = textures.add_defect(crop, defect, rng, foreign=np.zeros_like(crop))
+        changed = np.abs(image - crop) > 0.2
+        assert np.array_equal(changed, mask), defect
+
+
+def test_an_interrupted_build_leaves_nothing_behind(monkeypatch, tmp_path):
+    calls = {"n": 0}
+    original = textures._save_gray
+
+    def fail_later(array, path):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        original(array, path)
+
+    monkeypatch.setattr(textures, "_save_gray", fail_later)
+    with pytest.raises(KeyboardInterrupt):
+        build_category(tmp_path, "grass", **SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_build_requests(tmp_path):
+    with pytest.raises(ValueError, match="Unknown texture category"):
+        build_category(tmp_path, "wood")
+    with pytest.raises(ValueError, match="crop_size"):
+        build_category(tmp_path, "grass", crop_size=300)
+    build_category(tmp_path, "grass", **SMALL)
+    with pytest.raises(FileExistsError, match="not built with these settings"):
+        build_category(tmp_path, "grass", **{**SMALL, "num_train": 7})
+    with pytest.raises(ValueError, match="Unknown RgiTextures category"):
+        RgiTextures(root=tmp_path, category="wood")
+
+
+def test_datamodule_builds_and_splits(tmp_path):
+    datamodule = RgiTextures(root=tmp_path, category="gravel", **SMALL)
+    datamodule.prepare_data()
+    datamodule.setup()
+    assert len(datamodule.train_data) == 6
+    assert len(datamodule.val_data) + len(datamodule.test_data) == 6
+    batch = next(iter(datamodule.test_dataloader()))
+    assert batch.image.shape[1:] == (3, 32, 32)
