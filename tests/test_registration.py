@@ -121,6 +121,23 @@ def test_stock_anomalib_command_trains_tests_and_predicts(tiny_data_root, tmp_pa
     arguments = ["--model", "anomalib_rgi.Rgi", *[f"--model.{key}={value}" for key, value in TINY_MODEL.items()]]
     predict = _cli("predict", *arguments, "--data", str(images), "--ckpt_path", str(checkpoint), cwd=tmp_path)
     assert predict.returncode == 0, predict.stdout[-3000:] + predict.stderr[-3000:]
+    export_root = tmp_path / "exported"
+    for export_type in ("onnx", "openvino"):
+        export = _cli(
+            "export",
+            "--model",
+            "rgi",
+            "--export_type",
+            export_type,
+            "--ckpt_path",
+            str(checkpoint),
+            "--export_root",
+            str(export_root),
+            cwd=tmp_path,
+        )
+        assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
+    assert next(export_root.rglob("model.onnx")).stat().st_size > 0
+    assert next(export_root.rglob("model.xml")).stat().st_size > 0
 
 
 def test_anomalib_benchmark_runs_rgi_and_reports_dice(tiny_data_root, tmp_path):

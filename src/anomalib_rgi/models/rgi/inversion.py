@@ -49,6 +49,13 @@ class InversionResult:
     loss: torch.Tensor
 
 
+def is_tracing() -> bool:
+    """Whether the call is being traced for export (value checks cannot run then)."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode  # noqa: PLC0415
+
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or get_proxy_mode() is not None
+
+
 def closed_form_mask(residual: torch.Tensor, lam: float) -> torch.Tensor:
     """Optimal mask for a fixed residual: ``argmin_m (1 - m)^2 r^2 + lam * |m|``.
 
@@ -199,7 +206,7 @@ def invert(
     if latent_init.shape[0] != images.shape[0]:
         msg = f"latent_init has {latent_init.shape[0]} rows for {images.shape[0]} images."
         raise ValueError(msg)
-    if not torch.isfinite(images).all():
+    if not is_tracing() and not torch.isfinite(images).all():
         msg = "images contain NaN or Inf values."
         raise ValueError(msg)
 

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
+from anomalib.deploy import ExportType
+from anomalib.models.components.base.export_mixin.utils import create_export_root
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Max, F1Score
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -38,6 +40,7 @@ from torchvision.transforms.v2 import Resize
 from anomalib_rgi.metrics import Dice, PerImageBestDice
 from anomalib_rgi.visualization import RgiVisualizer
 
+from .export import keep_only_output_names, trace_unrolled
 from .inversion import InversionResult
 from .loss import CriticLoss, GeneratorLoss, corrupt
 from .torch_model import RgiModel
@@ -307,6 +310,7 @@ class Rgi(AnomalibModule):
         generator_optimizer.zero_grad()
         self.manual_backward(losses["loss"])
         generator_optimizer.step()
+        self.model.trained_steps += 1
 
         self.log_dict(
             {"critic_loss": critic_loss.detach(), "generator_loss": losses["loss"].detach()},
@@ -322,6 +326,81 @@ class Rgi(AnomalibModule):
             batch_size=images.shape[0],
         )
         return {"loss": losses["loss"].detach()}
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,  # noqa: ANN401  (passed to torch.onnx.export)
+    ) -> Path:
+        """Export scoring WITH the robust inversion: ``steps`` unrolled solver steps (see ``export.py``).
+
+        The graph takes one raw image ``(1, 3, image_size, image_size)`` in [0, 1] named ``input`` and
+        returns anomalib's fields (``pred_score``, ``pred_label``, ``anomaly_map``, ``pred_mask``)
+        after the same post-processing, so ``OpenVINOInferencer`` runs it unchanged.
+
+        Args:
+            export_root (Path | str): Folder that receives ``onnx/<model_file_name>.onnx``.
+            model_file_name (str): File name without extension.
+            input_size (tuple[int, int] | None): Must equal the trained size if given.
+            **kwargs: Passed to ``torch.onnx.export``.
+
+        Returns:
+            Path: The ONNX file.
+
+        Raises:
+            RuntimeError: If the prior was never trained.
+            ValueError: If ``input_size`` differs from the trained image size.
+        """
+        if int(self.model.trained_steps) == 0:
+            msg = "This Rgi model was never fitted: train it (or load a trained checkpoint) before exporting."
+            raise RuntimeError(msg)
+        if self.model.inversion["finetune_steps"] > 0:
+            msg = (
+                "R-RGI's per-image generator fine-tuning is not exported (it needs weight gradients of "
+                "every layer, per image). Export the RGI part: build the model with finetune_steps=0, "
+                "run `anomalib validate` so the thresholds come from the exported computation, then export."
+            )
+            raise NotImplementedError(msg)
+        size = (self.model.image_size, self.model.image_size)
+        if input_size is not None and tuple(input_size) != size:
+            msg = f"Rgi exports at its trained size {size}; got input_size={tuple(input_size)}."
+            raise ValueError(msg)
+        self.eval()
+        example = torch.rand(1, self.model.image_channels, *size, device=self.device)
+        output_names = [name for name, value in self(example)._asdict().items() if value is not None]
+
+        def score(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            predictions = self(images)
+            return tuple(getattr(predictions, name) for name in output_names)
+
+        graph = trace_unrolled(score, example).eval()
+        onnx_path = create_export_root(export_root, ExportType.ONNX) / f"{model_file_name}.onnx"
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(onnx_path),
+            input_names=["input"],
+            output_names=output_names,
+            dynamo=True,
+            **kwargs,
+        )
+        return onnx_path
+
+    def to_openvino(self, *args, **kwargs) -> Path:
+        """Export to OpenVINO as anomalib does (through :meth:`to_onnx`), with clean output names.
+
+        Args:
+            *args: Passed to anomalib's ``to_openvino``.
+            **kwargs: Passed to anomalib's ``to_openvino``.
+
+        Returns:
+            Path: The OpenVINO ``.xml`` file.
+        """
+        xml_path = super().to_openvino(*args, **kwargs)
+        keep_only_output_names(xml_path)
+        return xml_path
 
     def _check_finite(self, name: str, loss: torch.Tensor) -> None:
         if not math.isfinite(loss.item()):

@@ -20,7 +20,7 @@ from anomalib.models.components import GaussianBlur2d
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .inversion import InversionResult, MaskSolver, best_of_pool, invert
+from .inversion import InversionResult, MaskSolver, best_of_pool, invert, is_tracing
 
 
 class PixelNorm(nn.Module):
@@ -199,6 +199,8 @@ class RgiModel(nn.Module):
         self.latent_init = latent_init
         self.pool_size = pool_size
         self.blur = GaussianBlur2d(sigma=map_sigma, channels=1) if map_sigma > 0 else None
+        # Saved with the weights: lets export and scoring refuse a prior that was never trained.
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
     def check_images(self, images: torch.Tensor) -> None:
         """Refuse inputs the prior was not trained for, with a message that says what to change.
@@ -215,7 +217,7 @@ class RgiModel(nn.Module):
                 "for you) and give them the trained number of channels."
             )
             raise ValueError(msg)
-        if not torch.isfinite(images).all():
+        if not is_tracing() and not torch.isfinite(images).all():
             msg = "Input images contain NaN or Inf values; RGI cannot score them."
             raise ValueError(msg)
 

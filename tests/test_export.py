@@ -1,0 +1,77 @@
+"""Export keeps the robust inversion: ONNX/OpenVINO graphs of the unrolled solver, parity with torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from anomalib.deploy import OpenVINOInferencer
+from anomalib.engine import Engine
+
+from anomalib_rgi import Rgi, RgiTextures
+
+from .conftest import TINY_DATA, TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_data_root, tmp_path_factory):
+    torch.manual_seed(0)
+    work = tmp_path_factory.mktemp("export")
+    datamodule = RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA)
+    model = Rgi(**TINY_MODEL)
+    engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1)
+    engine.fit(model=model, datamodule=datamodule)
+    path = engine.export(model=model, export_type="openvino", export_root=work)
+    inferencer = OpenVINOInferencer(path=path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+    return model.eval(), inferencer, work
+
+
+def test_openvino_runs_the_inversion_and_matches_torch(exported):
+    model, inferencer, _ = exported
+    torch.manual_seed(1)
+    for _ in range(3):
+        image = torch.rand(1, 3, 32, 32)
+        reference = model(image)
+        prediction = inferencer.predict(image.numpy())
+        assert prediction.anomaly_map is not None
+        assert prediction.pred_mask is not None
+        np.testing.assert_allclose(prediction.anomaly_map.squeeze(), reference.anomaly_map.squeeze(), atol=1e-2)
+        np.testing.assert_allclose(prediction.pred_score.squeeze(), reference.pred_score.squeeze(), atol=1e-2)
+
+
+def test_exported_graph_depends_on_the_step_count(exported, tmp_path):
+    model, _, _ = exported
+    sizes = {}
+    for steps in (2, 4):
+        model.model.inversion["steps"] = steps
+        path = model.to_onnx(tmp_path / str(steps))
+        sizes[steps] = path.stat().st_size
+    model.model.inversion["steps"] = TINY_MODEL["steps"]
+    assert sizes[4] > sizes[2], "the solver steps were not unrolled into the graph"
+
+
+def test_wrong_input_shape_is_refused_by_the_exported_model(exported):
+    _, inferencer, _ = exported
+    with pytest.raises(RuntimeError, match="(?i)shape|dimension"):
+        inferencer.predict(np.random.default_rng(0).random((1, 3, 48, 48), dtype=np.float32))
+
+
+def test_export_of_an_unfitted_model_is_refused(tmp_path):
+    with pytest.raises(RuntimeError, match="never fitted"):
+        Rgi(**TINY_MODEL).to_onnx(tmp_path)
+
+
+def test_export_of_rrgi_is_refused_with_a_way_out(exported, tmp_path):
+    model, _, _ = exported
+    model.model.inversion["finetune_steps"] = 2
+    try:
+        with pytest.raises(NotImplementedError, match="finetune_steps=0"):
+            model.to_onnx(tmp_path)
+    finally:
+        model.model.inversion["finetune_steps"] = 0
+
+
+def test_export_at_another_size_is_refused(exported, tmp_path):
+    model, _, _ = exported
+    with pytest.raises(ValueError, match="trained size"):
+        model.to_onnx(tmp_path, input_size=(64, 64))
