@@ -52,7 +52,7 @@ def test_exported_graph_depends_on_the_step_count(exported, tmp_path):
 
 def test_wrong_input_shape_is_refused_by_the_exported_model(exported):
     _, inferencer, _ = exported
-    with pytest.raises(RuntimeError, match="(?i)shape|dimension"):
+    with pytest.raises(RuntimeError, match=r"(?i)shape|dimension"):
         inferencer.predict(np.random.default_rng(0).random((1, 3, 48, 48), dtype=np.float32))
 
 

@@ -27,7 +27,7 @@ aten = torch.ops.aten
 
 def _convolution_input_gradient(
     grad_output: torch.Tensor,
-    input: torch.Tensor,  # noqa: A002  (aten's argument name)
+    input: torch.Tensor,
     weight: torch.Tensor,
     bias_sizes: Sequence[int] | None,
     stride: Sequence[int],
@@ -82,6 +82,7 @@ def trace_unrolled(function: Callable[[torch.Tensor], object], example: torch.Te
 
     Returns:
         GraphModule: Same outputs as ``function`` for inputs of ``example``'s shape.
+
     """
     with torch.no_grad():
         return make_fx(function, tracing_mode="real", decomposition_table=export_decompositions())(example)

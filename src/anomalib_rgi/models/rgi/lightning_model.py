@@ -25,9 +25,9 @@ import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.deploy import ExportType
-from anomalib.models.components.base.export_mixin.utils import create_export_root
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Max, F1Score
 from anomalib.models.components import AnomalibModule
+from anomalib.models.components.base.export_mixin.utils import create_export_root
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.utils.serialization import anomalib_safe_globals
@@ -352,6 +352,7 @@ class Rgi(AnomalibModule):
         Raises:
             RuntimeError: If the prior was never trained.
             ValueError: If ``input_size`` differs from the trained image size.
+
         """
         if int(self.model.trained_steps) == 0:
             msg = "This Rgi model was never fitted: train it (or load a trained checkpoint) before exporting."
@@ -397,6 +398,7 @@ class Rgi(AnomalibModule):
 
         Returns:
             Path: The OpenVINO ``.xml`` file.
+
         """
         xml_path = super().to_openvino(*args, **kwargs)
         keep_only_output_names(xml_path)
