@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from anomalib.deploy import OpenVINOInferencer
 from anomalib.engine import Engine
+from PIL import Image
 
 from anomalib_rgi import Rgi, RgiTextures
 
@@ -23,7 +29,7 @@ def exported(tiny_data_root, tmp_path_factory):
     engine.fit(model=model, datamodule=datamodule)
     path = engine.export(model=model, export_type="openvino", export_root=work)
     inferencer = OpenVINOInferencer(path=path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
-    return model.eval(), inferencer, work
+    return model.eval(), inferencer, path
 
 
 def test_openvino_runs_the_inversion_and_matches_torch(exported):
@@ -75,3 +81,31 @@ def test_export_at_another_size_is_refused(exported, tmp_path):
     model, _, _ = exported
     with pytest.raises(ValueError, match="trained size"):
         model.to_onnx(tmp_path, input_size=(64, 64))
+
+
+def _script(name: str):
+    path = Path(__file__).parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deployment_example_scores_a_folder(exported, tiny_data_root, tmp_path):
+    _, _, xml_path = exported
+    images = tmp_path / "images"
+    shutil.copytree(tiny_data_root / "grass" / "test" / "hole", images)
+    Image.new("L", (50, 40), color=128).save(images / "gray_other_size.png")
+    (images / "truncated.png").write_bytes(b"\x89PNG broken")
+    deploy = _script("deploy_folder").deploy
+    summary = deploy(xml_path, images, tmp_path / "out")
+    assert summary["unreadable"] == 1
+    assert summary["images"] == len(list(images.glob("*.png"))) - 1
+    assert summary["images_per_second"] > 0
+    with (tmp_path / "out" / "verdicts.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["verdict"] for row in rows} <= {"ok", "defect", "unreadable"}
+    assert next(row for row in rows if row["file"] == "truncated.png")["verdict"] == "unreadable"
+    assert len(list((tmp_path / "out").glob("*_overlay.png"))) == summary["images"]
+    with pytest.raises(FileExistsError, match="already holds results"):
+        deploy(xml_path, images, tmp_path / "out")

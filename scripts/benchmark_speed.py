@@ -1,0 +1,202 @@
+"""Speed and quality of the inversion budgets of issue #3, on the machine it runs on.
+
+For one trained Rgi checkpoint and the built-in test crops of its category, prints per method:
+ms per 128 x 128 image at batch 1 and at the best of a few batch sizes, peak resident memory of a
+fresh process, pixel AUROC and best-threshold dataset-level Dice (F1Max) of the smoothed |M| maps:
+
+- (a) eager PyTorch, the authors' step budget (``--long-steps``, default 2000) with the model's lam/init;
+- (b) eager PyTorch, the ``fast`` preset (``--fast-steps`` unrolled steps);
+- (c) the fast preset exported to OpenVINO (f32), the graph ``anomalib export`` writes.
+
+It also prints the time of one generator forward + input-gradient backward (the floor of one step)
+and the share of the eager loop spent in it.
+
+    python scripts/benchmark_speed.py --checkpoint results/.../model.ckpt --category brick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+BATCHES = (1, 4, 16)
+
+
+def load_test(root: Path, limit: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Every k-th test crop (good and defective alike) up to ``limit``, with masks."""
+    paths = sorted((root / "test").glob("*/*.png"))
+    paths = paths[:: max(1, len(paths) // limit)][:limit]
+    images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths])
+    masks = [
+        np.zeros(images.shape[-2:], bool)
+        if p.parent.name == "good"
+        else np.array(Image.open(root / "ground_truth" / p.parent.name / f"{p.stem}_mask.png")) > 127
+        for p in paths
+    ]
+    return images.float() / 255, np.stack(masks)
+
+
+def best_dice(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Dataset-level Dice at the best single threshold."""
+    order = np.argsort(-scores, kind="stable")
+    hits = np.cumsum(truth[order])
+    return float((2 * hits / (np.arange(1, len(scores) + 1) + truth.sum())).max())
+
+
+def measure(method: str, args: dict) -> dict:
+    """Run one method (in a fresh process, so that its peak memory is its own) and report."""
+    from anomalib_rgi import Rgi
+    from anomalib_rgi.data import build_category
+
+    torch.set_num_threads(args["threads"])
+    model = Rgi.load_from_checkpoint(args["checkpoint"]).eval()
+    model.model.inversion["steps"] = args["steps"]
+    images, masks = load_test(build_category(args["data_root"], args["category"]), args["images"])
+    batches = [batch for batch in BATCHES if batch <= len(images)]
+    if method == "openvino":
+        import openvino as ov
+
+        from anomalib_rgi.models.rgi.export import keep_only_output_names, trace_unrolled
+
+        core = ov.Core()
+        compiled = {}
+        with tempfile.TemporaryDirectory() as folder:
+            for batch in batches:
+
+                def score(x: torch.Tensor) -> torch.Tensor:
+                    return model.model.anomaly_map(model.model.invert(x))
+
+                graph = trace_unrolled(score, images[:batch]).eval()
+                path = Path(folder) / f"b{batch}.onnx"
+                torch.onnx.export(graph, (images[:batch],), str(path), input_names=["input"], dynamo=True)
+                xml = path.with_suffix(".xml")
+                ov.save_model(ov.convert_model(path), xml, compress_to_fp16=False)
+                keep_only_output_names(xml)
+                compiled[batch] = core.compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(compiled[x.shape[0]](x.numpy())[0])
+    else:
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return model.model.anomaly_map(model.model.invert(x))
+
+    timings = {}
+    maps = []
+    for batch in batches:
+        usable = len(images) - len(images) % batch
+        run(images[:batch])  # warm-up
+        start = time.perf_counter()
+        outputs = [run(images[i : i + batch]) for i in range(0, usable, batch)]
+        timings[batch] = 1000 * (time.perf_counter() - start) / usable
+        if batch == 1:
+            maps = torch.cat(outputs)[:, 0].numpy()
+    return {
+        "ms_per_image_batch1": round(timings[1], 1),
+        "ms_per_image_best": round(min(timings.values()), 1),
+        "best_batch": min(timings, key=timings.get),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "pixel_auroc": round(float(roc_auc_score(masks.ravel(), maps.ravel())), 4),
+        "best_dataset_dice": round(best_dice(maps.ravel(), masks.ravel()), 4),
+    }
+
+
+def generator_step_floor(checkpoint: str, threads: int) -> float:
+    """Milliseconds of one generator forward + backward to the latent, batch 1."""
+    from anomalib_rgi import Rgi
+
+    torch.set_num_threads(threads)
+    generator = Rgi.load_from_checkpoint(checkpoint).eval().model.generator
+    latent = generator.sample_latent(1).requires_grad_(True)
+    for _ in range(5):
+        torch.autograd.grad(generator(latent).square().sum(), latent)
+    start = time.perf_counter()
+    for _ in range(50):
+        torch.autograd.grad(generator(latent).square().sum(), latent)
+    return 1000 * (time.perf_counter() - start) / 50
+
+
+def main() -> None:
+    """Run (a), (b), (c) and print a markdown table."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        job = json.loads(sys.argv[2])
+        print(json.dumps(measure(job["method"], job["args"])))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--category", default="brick")
+    parser.add_argument("--data-root", default="datasets/rgi_textures")
+    parser.add_argument("--images", type=int, default=32, help="test crops used (every k-th)")
+    parser.add_argument("--long-steps", type=int, default=2000)
+    parser.add_argument("--fast-steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", default="results/speed")
+    args = parser.parse_args()
+
+    floor = generator_step_floor(args.checkpoint, args.threads)
+    common = {
+        "checkpoint": args.checkpoint,
+        "category": args.category,
+        "data_root": args.data_root,
+        "images": args.images,
+        "threads": args.threads,
+    }
+    methods = {
+        f"(a) eager, {args.long_steps} steps": ("eager", args.long_steps),
+        f"(b) eager, fast ({args.fast_steps} steps)": ("eager", args.fast_steps),
+        f"(c) OpenVINO f32, fast ({args.fast_steps} steps)": ("openvino", args.fast_steps),
+    }
+    rows = []
+    for name, (method, steps) in methods.items():
+        worker = json.dumps({"method": method, "args": {**common, "steps": steps}})
+        result = subprocess.run(
+            [sys.executable, __file__, "--worker", worker], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
+        row = {"method": name, **json.loads(result.stdout.strip().splitlines()[-1])}
+        if method == "eager":
+            row["share_in_generator"] = round(min(1.0, steps * floor / row["ms_per_image_batch1"]), 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    header = (
+        f"Speed benchmark {stamp}, {platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+        f"category {args.category}, {args.images} test crops at 128 px; one generator forward+backward "
+        f"(batch 1): {floor:.1f} ms"
+    )
+    columns = [
+        "method",
+        "ms_per_image_batch1",
+        "ms_per_image_best",
+        "best_batch",
+        "peak_rss_mb",
+        "pixel_auroc",
+        "best_dataset_dice",
+        "share_in_generator",
+    ]
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    out = Path(args.out) / stamp
+    out.mkdir(parents=True, exist_ok=False)
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "floor_ms": floor, "rows": rows}, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
