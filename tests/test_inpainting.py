@@ -42,7 +42,8 @@ def test_restore_tensors_and_files_for_rgi_and_rrgi(trained, tiny_data_root):
     assert result.restored.shape == (len(files), 3, 32, 32)
     assert result.masks.shape == (len(files), 1, 32, 32)
     assert result.losses.shape == (len(files),)
-    assert result.restored.min() >= 0 and result.restored.max() <= 1
+    assert result.restored.min() >= 0
+    assert result.restored.max() <= 1
     model.model.inversion["finetune_steps"] = 2
     try:
         relaxed = restore(model, torch.rand(2, 3, 32, 32))
@@ -108,4 +109,5 @@ def test_fills_change_only_masked_pixels_with_the_papers_values():
     patched = fill_patch(images, mask, generator)
     assert torch.equal(patched[..., ~mask], images[..., ~mask])
     assert not torch.equal(patched[..., mask], images[..., mask])
-    assert patched.min() >= 0 and patched.max() <= 1
+    assert patched.min() >= 0
+    assert patched.max() <= 1
