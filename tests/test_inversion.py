@@ -109,3 +109,17 @@ def test_non_finite_images_and_mismatched_latents_are_refused(linear_generator):
         invert(linear_generator, images, torch.zeros(2, 12))
     with pytest.raises(ValueError, match="rows"):
         invert(linear_generator, torch.zeros(2, 1, 12, 12), torch.zeros(3, 12))
+
+
+def test_given_mask_fits_only_the_known_pixels(linear_generator):
+    _, clean, corrupted, region = _planted(linear_generator)
+    start = torch.zeros(2, 12)
+    given = invert(
+        linear_generator, corrupted, start, mask_solver="given", given_mask=region.float(), steps=400, lr=0.05
+    )
+    assert _restoration_error(given, clean, region) < 0.05
+    assert torch.equal(given.mask, region.float())
+    with pytest.raises(ValueError, match="given_mask"):
+        invert(linear_generator, corrupted, start, mask_solver="given")
+    with pytest.raises(ValueError, match="given_mask"):
+        invert(linear_generator, corrupted, start, given_mask=region.float())

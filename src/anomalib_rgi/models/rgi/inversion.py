@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-MaskSolver = Literal["adam", "closed_form", "none"]
-MASK_SOLVERS: tuple[str, ...] = ("adam", "closed_form", "none")
+MaskSolver = Literal["adam", "closed_form", "none", "given"]
+MASK_SOLVERS: tuple[str, ...] = ("adam", "closed_form", "none", "given")
 
 
 @dataclass
@@ -164,6 +164,7 @@ def invert(
     critic_weight: float = 0.0,
     finetune_steps: int = 0,
     finetune_lr: float = 1e-5,
+    given_mask: torch.Tensor | None = None,
 ) -> InversionResult:
     """Robust GAN inversion of a batch; R-RGI when ``finetune_steps > 0``.
 
@@ -185,6 +186,9 @@ def invert(
         critic_weight (float): Weight ``lambda_D`` of ``-mean(D(G(z)))``.
         finetune_steps (int): R-RGI steps with per-image generator weights (0: plain RGI).
         finetune_lr (float): Learning rate of the generator weights.
+        given_mask (torch.Tensor | None): For ``mask_solver="given"``: the KNOWN corrupted region
+            (1 = ignore the pixel), held fixed; inversion then fits only the known pixels (Yeh et al.
+            with mask, or Pan et al. with ``finetune_steps``).
 
     Returns:
         InversionResult: Restored images, masks, latents and final losses.
@@ -200,7 +204,10 @@ def invert(
     if steps < 0 or finetune_steps < 0 or steps + finetune_steps == 0:
         msg = f"Need steps >= 0, finetune_steps >= 0 and at least one step; got {steps} and {finetune_steps}."
         raise ValueError(msg)
-    if mask_solver != "none" and not lam > 0:
+    if (mask_solver == "given") != (given_mask is not None):
+        msg = 'given_mask is required by, and only used with, mask_solver="given".'
+        raise ValueError(msg)
+    if mask_solver not in {"none", "given"} and not lam > 0:
         msg = f"lam must be positive for robust inversion, got {lam}."
         raise ValueError(msg)
     if latent_init.shape[0] != images.shape[0]:
@@ -214,6 +221,8 @@ def invert(
         target = images.detach().clone()
         latent = latent_init.detach().clone().requires_grad_(True)
         mask = torch.zeros_like(target, requires_grad=True) if mask_solver == "adam" else None
+        if given_mask is not None:
+            mask = given_mask.to(target).expand_as(target).clone()
         weights = {name: param.detach() for name, param in generator.named_parameters()}
         batch_size = target.shape[0]
 
@@ -230,9 +239,9 @@ def invert(
                 loss = loss - critic_weight * critic(restored).flatten(1).mean(1)
             return loss
 
-        params = [latent] + ([mask] if mask is not None else [])
+        params = [latent] + ([mask] if mask_solver == "adam" else [])
         states = [_AdamState(torch.zeros_like(latent), torch.zeros_like(latent), lr)]
-        if mask is not None:
+        if mask_solver == "adam":
             states.append(_AdamState(torch.zeros_like(mask), torch.zeros_like(mask), mask_lr))
         per_image = None
         for step in range(1, steps + finetune_steps + 1):
