@@ -154,3 +154,39 @@ def test_other_sizes_are_resized_by_the_pre_processor():
     model = Rgi(**TINY_MODEL).eval()
     output = model(torch.rand(1, 3, 50, 70))
     assert output.anomaly_map.shape[-2:] == (32, 32)
+
+
+def _metrics_of_a_seeded_run(root: Path, work: Path) -> dict:
+    from lightning.pytorch import seed_everything
+
+    seed_everything(0, workers=True)
+    engine, model, datamodule = _fit(root, work)
+    return engine.test(model=model, datamodule=datamodule)[0]
+
+
+def test_same_seed_gives_same_metrics(tiny_data_root, tmp_path):
+    first = _metrics_of_a_seeded_run(tiny_data_root, tmp_path / "a")
+    second = _metrics_of_a_seeded_run(tiny_data_root, tmp_path / "b")
+    assert first == second
+
+
+def test_training_set_smaller_than_a_batch_and_single_image_batches(tmp_path):
+    from anomalib_rgi.data import build_category
+
+    build_category(tmp_path / "data", "gravel", crop_size=32, num_train=3, num_test_good=2, num_test_defective=2)
+    datamodule = RgiTextures(
+        root=tmp_path / "data",
+        category="gravel",
+        crop_size=32,
+        num_train=3,
+        num_test_good=2,
+        num_test_defective=2,
+        train_batch_size=8,
+        eval_batch_size=1,
+    )
+    model = Rgi(**TINY_MODEL)
+    engine = Engine(default_root_dir=tmp_path / "run", logger=False, accelerator="cpu", devices=1)
+    engine.fit(model=model, datamodule=datamodule)
+    assert int(model.model.trained_steps) == 1
+    metrics = engine.test(model=model, datamodule=datamodule)[0]
+    assert 0.0 <= metrics["pixel_AUROC"] <= 1.0
