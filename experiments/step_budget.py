@@ -8,34 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from anomalib_rgi import Rgi
 from anomalib_rgi.data import build_category
+from anomalib_rgi.data.textures import load_test_split
+from anomalib_rgi.metrics import best_dataset_dice
 from anomalib_rgi.models.rgi import invert
-
-
-def load_test(root: Path) -> tuple[torch.Tensor, np.ndarray]:
-    paths = sorted((root / "test").glob("*/*.png"))
-    images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths])
-    masks = [
-        np.zeros(images.shape[-2:], bool)
-        if p.parent.name == "good"
-        else np.array(Image.open(root / "ground_truth" / p.parent.name / f"{p.stem}_mask.png")) > 127
-        for p in paths
-    ]
-    return images.float() / 255, np.stack(masks)
-
-
-def best_dice(scores: np.ndarray, truth: np.ndarray) -> float:
-    order = np.argsort(-scores, kind="stable")
-    hits = np.cumsum(truth[order])
-    return float((2 * hits / (np.arange(1, len(scores) + 1) + truth.sum())).max())
 
 
 def main() -> None:
@@ -46,7 +27,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="0,5,10,20,50,200")
     args = parser.parse_args()
     model = Rgi.load_from_checkpoint(args.checkpoint).eval()
-    images, masks = load_test(build_category(args.data_root, args.category))
+    images, masks = load_test_split(build_category(args.data_root, args.category))
     scaled = images * 2 - 1
     with torch.no_grad():
         start = model.model.encoder(scaled)
@@ -78,7 +59,7 @@ def main() -> None:
                     "solver": solver,
                     "lr": lr,
                     "pixel_auroc": round(float(roc_auc_score(masks.ravel(), anomaly_map.ravel())), 4),
-                    "best_dice": round(best_dice(anomaly_map.ravel(), masks.ravel()), 4),
+                    "best_dice": round(best_dataset_dice(anomaly_map, masks), 4),
                     "ms_per_image": round(1000 * seconds / len(images), 1),
                 }
                 print(json.dumps(row), flush=True)

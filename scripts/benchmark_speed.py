@@ -27,44 +27,23 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 BATCHES = (1, 4, 16)
-
-
-def load_test(root: Path, limit: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Every k-th test crop (good and defective alike) up to ``limit``, with masks."""
-    paths = sorted((root / "test").glob("*/*.png"))
-    paths = paths[:: max(1, len(paths) // limit)][:limit]
-    images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths])
-    masks = [
-        np.zeros(images.shape[-2:], bool)
-        if p.parent.name == "good"
-        else np.array(Image.open(root / "ground_truth" / p.parent.name / f"{p.stem}_mask.png")) > 127
-        for p in paths
-    ]
-    return images.float() / 255, np.stack(masks)
-
-
-def best_dice(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Dataset-level Dice at the best single threshold."""
-    order = np.argsort(-scores, kind="stable")
-    hits = np.cumsum(truth[order])
-    return float((2 * hits / (np.arange(1, len(scores) + 1) + truth.sum())).max())
 
 
 def measure(method: str, args: dict) -> dict:
     """Run one method (in a fresh process, so that its peak memory is its own) and report."""
     from anomalib_rgi import Rgi
     from anomalib_rgi.data import build_category
+    from anomalib_rgi.data.textures import load_test_split
+    from anomalib_rgi.metrics import best_dataset_dice
 
     torch.set_num_threads(args["threads"])
     model = Rgi.load_from_checkpoint(args["checkpoint"]).eval()
     model.model.inversion["steps"] = args["steps"]
-    images, masks = load_test(build_category(args["data_root"], args["category"]), args["images"])
+    images, masks = load_test_split(build_category(args["data_root"], args["category"]), args["images"])
     batches = [batch for batch in BATCHES if batch <= len(images)]
     if method == "openvino":
         import openvino as ov
@@ -110,7 +89,7 @@ def measure(method: str, args: dict) -> dict:
         "best_batch": min(timings, key=timings.get),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "pixel_auroc": round(float(roc_auc_score(masks.ravel(), maps.ravel())), 4),
-        "best_dataset_dice": round(best_dice(maps.ravel(), masks.ravel()), 4),
+        "best_dataset_dice": round(best_dataset_dice(maps, masks), 4),
     }
 
 

@@ -24,7 +24,7 @@ from anomalib.deploy import OpenVINOInferencer
 from anomalib.visualization.image.functional import overlay_images, visualize_anomaly_map, visualize_mask
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+from anomalib_rgi.io import list_images, prepare_output
 
 
 def load_inferencer(model_path: Path, precision: str = "f32") -> tuple[OpenVINOInferencer, tuple[int, int]]:
@@ -43,14 +43,8 @@ def deploy(model_path: Path, image_dir: Path, out_dir: Path, overwrite: bool = F
     Returns:
         dict: ``images``, ``defective``, ``unreadable`` counts and ``images_per_second``.
     """
-    paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if image_dir.is_dir() else []
-    if not paths:
-        msg = f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {image_dir}."
-        raise FileNotFoundError(msg)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        msg = f"{out_dir} already holds results; choose a new folder or pass --overwrite."
-        raise FileExistsError(msg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = list_images(image_dir)
+    prepare_output(out_dir, overwrite)
     inferencer, (height, width) = load_inferencer(model_path)
 
     rows, seconds = [], 0.0

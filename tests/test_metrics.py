@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from anomalib.data import ImageBatch
 from anomalib.metrics import F1Score
 
-from anomalib_rgi.metrics import Dice, PerImageBestDice, best_dice_per_image
+from anomalib_rgi.metrics import Dice, PerImageBestDice, best_dataset_dice, best_dice_per_image
 
 
 def _batch(**fields) -> ImageBatch:
@@ -62,3 +63,10 @@ def test_per_image_best_dice_averages_defective_images_only():
     metric.update(_batch(anomaly_map=maps, gt_mask=truth))
     assert metric.name == "pixel_PerImageBestDice"
     assert metric.compute().item() == pytest.approx(1.0)
+
+
+def test_best_dataset_dice_matches_f1max_by_hand():
+    scores = np.array([0.9, 0.8, 0.4, 0.3, 0.1])
+    truth = np.array([1, 0, 1, 0, 0], dtype=bool)
+    # thresholds keep the top k: k=1 -> 2/3, k=2 -> 2/4, k=3 -> 4/5, k=4 -> 4/6, k=5 -> 4/7
+    assert best_dataset_dice(scores, truth) == pytest.approx(0.8)

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from anomalib_rgi.io import list_images, prepare_output
 from anomalib_rgi.models.rgi import Rgi
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -111,18 +110,13 @@ def restore_folder(checkpoint: Path, input_dir: Path, output_dir: Path, overwrit
         int: Number of images restored.
 
     """
-    paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if input_dir.is_dir() else []
-    if not paths:
-        msg = f"No images in {input_dir}."
-        raise FileNotFoundError(msg)
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        msg = f"{output_dir} already holds results; choose a new folder or pass --overwrite."
-        raise FileExistsError(msg)
+    paths = list_images(input_dir)
     model = Rgi.load_from_checkpoint(checkpoint)
+    prepare_output(output_dir, overwrite)
     images = load_images(paths, model.model.image_size, model.model.image_channels)
     result = restore(model, images)
     for folder in ("restored", "masks", "side_by_side"):
-        (output_dir / folder).mkdir(parents=True, exist_ok=True)
+        (output_dir / folder).mkdir(exist_ok=True)
     scale = result.masks.amax().clamp_min(1e-12)
     for index, path in enumerate(paths):
         mask = (result.masks[index] / scale).expand(3, -1, -1)

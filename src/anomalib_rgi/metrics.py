@@ -11,6 +11,7 @@ does not have), and the best Dice values are averaged over the images that conta
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from anomalib.metrics import AnomalibMetric
 from torchmetrics import Metric
@@ -115,3 +116,22 @@ class PerImageBestDice(AnomalibMetric, _PerImageBestDiceScore):  # type: ignore[
     """The RGI paper's per-image best-threshold Dice of ``anomaly_map`` (an oracle; see module doc)."""
 
     default_fields = ("anomaly_map", "gt_mask")
+
+
+def best_dataset_dice(scores: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> float:
+    """Dataset-level Dice at the best single threshold (what ``F1Max`` computes), from flat arrays.
+
+    Args:
+        scores (torch.Tensor | np.ndarray): Anomaly scores of all pixels of all images.
+        truth (torch.Tensor | np.ndarray): Ground truth of the same pixels.
+
+    Returns:
+        float: ``max over t of 2 TP(t) / (P(t) + positives)``.
+
+    """
+    scores = torch.as_tensor(np.asarray(scores)).flatten()
+    truth = torch.as_tensor(np.asarray(truth)).flatten().double()
+    order = torch.argsort(scores, descending=True, stable=True)
+    hits = torch.cumsum(truth[order], dim=0)
+    predicted = torch.arange(1, len(scores) + 1, dtype=torch.double)
+    return float((2 * hits / (predicted + truth.sum())).max())

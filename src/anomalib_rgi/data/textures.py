@@ -22,10 +22,14 @@ import shutil
 import tempfile
 from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -240,3 +244,30 @@ def build_category(
         raise
     logger.info("Built %s (%d train, %d test crops).", target, num_train, num_test_good + num_test_defective)
     return target
+
+
+def load_test_split(root: Path | str, limit: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Read a built category's test crops (RGB, [0, 1]) and masks, for scripts that bypass anomalib.
+
+    Args:
+        root (Path | str): The category folder.
+        limit (int | None): Keep every k-th image so that at most ``limit`` remain (good and defective alike).
+
+    Returns:
+        tuple[torch.Tensor, np.ndarray]: ``(N, 3, H, W)`` images and ``(N, H, W)`` boolean masks.
+
+    """
+    import torch  # noqa: PLC0415  (the builder itself does not need torch)
+
+    root = Path(root)
+    paths = sorted((root / "test").glob("*/*.png"))
+    if limit is not None:
+        paths = paths[:: max(1, len(paths) // limit)][:limit]
+    images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths])
+    masks = [
+        np.zeros(images.shape[-2:], dtype=bool)
+        if p.parent.name == "good"
+        else np.array(Image.open(root / "ground_truth" / p.parent.name / f"{p.stem}_mask.png")) > 127
+        for p in paths
+    ]
+    return images.float() / 255, np.stack(masks)
