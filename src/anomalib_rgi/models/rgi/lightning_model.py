@@ -419,9 +419,8 @@ class Rgi(AnomalibModule):
 
     def _score(self, batch: Batch) -> Batch:
         result: InversionResult = self.model.invert(batch.image)
-        anomaly_map = self.model.anomaly_map(result)
-        batch.update(anomaly_map=anomaly_map, pred_score=anomaly_map.flatten(1).amax(dim=1))
-        # Not a field of anomalib's batch: the visualizer and the restoration API read it.
+        batch.update(**self.model.predictions(result)._asdict())
+        # Not a field of anomalib's batch; the visualizer shows it beside the maps.
         batch.restored = (result.restored + 1.0) / 2.0
         return batch
 

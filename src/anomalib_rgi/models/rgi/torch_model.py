@@ -247,12 +247,11 @@ class RgiModel(nn.Module):
         anomaly_map = result.mask.abs().mean(dim=1, keepdim=True)
         return self.blur(anomaly_map) if self.blur is not None else anomaly_map
 
-    def forward(self, images: torch.Tensor) -> InferenceBatch:
-        """Score a batch of images in [0, 1].
-
-        Returns:
-            InferenceBatch: ``anomaly_map`` and ``pred_score`` (maximum of the map).
-
-        """
-        anomaly_map = self.anomaly_map(self.invert(images))
+    def predictions(self, result: InversionResult) -> InferenceBatch:
+        """Anomalib's predictions from an inversion: ``anomaly_map`` and ``pred_score`` (its maximum)."""
+        anomaly_map = self.anomaly_map(result)
         return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        """Score a batch of images in [0, 1]."""
+        return self.predictions(self.invert(images))
