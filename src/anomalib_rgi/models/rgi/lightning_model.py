@@ -182,10 +182,6 @@ class Rgi(AnomalibModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint is an Rgi one with this model's architecture before loading it."""
         check_rgi_checkpoint(checkpoint, dict(self.hparams))
-        # Checkpoints written before the step counter existed: every optimiser step was counted twice.
-        checkpoint["state_dict"].setdefault(
-            "model.trained_steps", torch.tensor(checkpoint.get("global_step", 0) // 2, dtype=torch.long)
-        )
         super().on_load_checkpoint(checkpoint)
 
     @classmethod
