@@ -107,9 +107,11 @@ class _PerImageBestDiceScore(Metric):
 
     def compute(self) -> torch.Tensor:
         """Mean best Dice over defective images (NaN if there were none)."""
-        if not self.scores:
+        # After a multi-process sync the list state arrives already concatenated into one tensor.
+        scores = dim_zero_cat(self.scores) if isinstance(self.scores, torch.Tensor) or self.scores else None
+        if scores is None or scores.numel() == 0:
             return torch.tensor(float("nan"))
-        return dim_zero_cat(self.scores).mean()
+        return scores.mean()
 
 
 class PerImageBestDice(AnomalibMetric, _PerImageBestDiceScore):  # type: ignore[misc]

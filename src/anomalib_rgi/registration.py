@@ -11,6 +11,11 @@ anomalib 2.7 has no plugin mechanism, and it finds models in three different way
   convention (snake or Pascal case, any letter case) for anomalib models and datamodules only, which
   fixes it for every model, ours and stock.
 
+:func:`register` also installs :mod:`anomalib_rgi.data.image_io` in anomalib's image datasets: 16-bit
+images are read at full range instead of clipped to white, unreadable files and masks of the wrong
+size raise errors that name the file. For 8-bit images nothing changes. And it makes anomalib
+datamodules score every validation/test image exactly once under DDP (:mod:`anomalib_rgi.data.distributed`).
+
 The installed ``anomalib_rgi.pth`` calls :func:`register` right after a program first imports
 ``anomalib.models`` (see ``_anomalib_rgi_autoload``); set ``ANOMALIB_RGI_AUTOREGISTER=0`` to turn that
 off and call ``anomalib_rgi.register()`` (or ``import anomalib_rgi``) yourself.
@@ -63,7 +68,7 @@ def _patch_cli_name_resolution() -> None:
 
 def register() -> None:
     """Expose ``Rgi`` and ``RgiTextures`` to anomalib's model/data look-ups and CLI. Idempotent."""
-    from anomalib_rgi.data import RgiTextures  # noqa: PLC0415
+    from anomalib_rgi.data import RgiTextures, distributed, image_io  # noqa: PLC0415
     from anomalib_rgi.models import Rgi  # noqa: PLC0415
 
     # import_module, not attribute access: this may run while ``anomalib.models`` is still being bound
@@ -71,3 +76,5 @@ def register() -> None:
     import_module("anomalib.models").Rgi = Rgi
     import_module("anomalib.data").RgiTextures = RgiTextures
     _patch_cli_name_resolution()
+    image_io.install()
+    distributed.install()

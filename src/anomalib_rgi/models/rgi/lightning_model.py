@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from anomalib import LearningType
+from anomalib.callbacks import ModelCheckpoint
 from anomalib.data import Batch
 from anomalib.deploy import ExportType
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Max, F1Score
@@ -33,7 +34,8 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Resize
 
@@ -53,6 +55,28 @@ ARCHITECTURE_KEYS = ("image_size", "latent_stride", "latent_channels", "base_cha
 
 class PriorDivergedError(RuntimeError):
     """The GAN prior's training produced a non-finite loss."""
+
+
+class ModeCollapseError(RuntimeError):
+    """The generator's samples stopped varying: the prior would call every image normal or abnormal."""
+
+
+def sample_diversity(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Spread of generated images across a batch relative to the real images' spread.
+
+    The per-pixel standard deviation over the batch, averaged over pixels, of ``fake`` divided by
+    that of ``real``: about 1 for a healthy generator, near 0 when every latent gives the same image
+    (mode collapse), which no per-image loss shows.
+
+    Args:
+        fake (torch.Tensor): Generated images ``(N, C, H, W)``, ``N >= 2``.
+        real (torch.Tensor): Training images ``(M, C, H, W)``, ``M >= 2``.
+
+    Returns:
+        torch.Tensor: The ratio (a scalar).
+
+    """
+    return fake.std(dim=0).mean() / real.std(dim=0).mean().clamp_min(1e-8)
 
 
 def check_rgi_checkpoint(checkpoint: dict[str, Any], expected: dict[str, Any] | None = None) -> None:
@@ -113,6 +137,10 @@ class Rgi(AnomalibModule):
         finetune_lr (float): Learning rate of the generator weights in R-RGI (authors: 1e-5).
         map_sigma (float): Gaussian smoothing of the anomaly map in pixels (0 = raw ``|M|``); 4 raised
             pixel AUROC by 0.05 to 0.1 in our measurements.
+        min_sample_diversity (float): Training stops with :class:`ModeCollapseError`, before that
+            epoch's checkpoint is written, when the epoch mean of :func:`sample_diversity` falls below
+            this (0 switches the check off). Trained priors measure 0.95 to 1.1, fresh ones 1.2 to
+            1.7, a generator that ignores its latent about 0.03 (docs/experiments.md).
         pre_processor (PreProcessor | bool): Pre-processor; ``True`` resizes to ``image_size``.
         post_processor (PostProcessor | bool): Post-processor; ``True`` for anomalib's default.
         evaluator (Evaluator | bool): Evaluator; ``True`` adds Dice to anomalib's metrics.
@@ -141,6 +169,7 @@ class Rgi(AnomalibModule):
         finetune_steps: int = 0,
         finetune_lr: float = 1e-5,
         map_sigma: float = 4.0,
+        min_sample_diversity: float = 0.2,  # noqa: ARG002  (read through self.hparams)
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -178,11 +207,80 @@ class Rgi(AnomalibModule):
         self.generator_loss = GeneratorLoss(adversarial_weight, reconstruction_weight)
         self.critic_loss = CriticLoss()
         self.automatic_optimization = False
+        self._diversity_sum = 0.0
+        self._diversity_count = 0
+        self._resumed = False
+
+    def setup(self, stage: str) -> None:
+        """Let Lightning's DDP train the GAN.
+
+        Each training step runs two backward passes (critic, then generator + encoder) that each reach
+        only part of the weights; DDP's default reducer expects every weight in every backward pass
+        and stops with "parameters that were not used". This runs before DDP wraps the model.
+        """
+        del stage
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
+            logger.info("Rgi: enabling DDP's find_unused_parameters (two partial backward passes per step).")
+            strategy._ddp_kwargs["find_unused_parameters"] = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store every process's random-number state, so a resumed fit continues the same random stream.
+
+        The latents, the encoder's corruptions and the shuffling of the training images all draw from
+        torch's global generator; Lightning restores weights, optimisers and loop counters but not it.
+        """
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["rgi_rng_states"] = self._gather_state(torch.get_rng_state())
+        if self.device.type == "cuda":
+            checkpoint["rgi_cuda_rng_states"] = self._gather_state(torch.cuda.get_rng_state(self.device))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that the checkpoint is an Rgi one with this model's architecture before loading it."""
+        """Check the checkpoint is an Rgi one with this architecture; when resuming a fit, restore RNGs.
+
+        Lightning restores before it draws the first epoch's shuffle, so the resumed fit continues
+        the interrupted run's random stream exactly. Loading for inference leaves the RNG alone.
+        """
         check_rgi_checkpoint(checkpoint, dict(self.hparams))
         super().on_load_checkpoint(checkpoint)
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING or "rgi_rng_states" not in checkpoint:
+            return
+        states, rank = checkpoint["rgi_rng_states"], self.trainer.global_rank
+        if len(states) != self.trainer.world_size:
+            logger.warning(
+                "Rgi: the checkpoint holds random states of %d processes, this run has %d: the resumed "
+                "fit is valid but will not repeat the interrupted run exactly.",
+                len(states),
+                self.trainer.world_size,
+            )
+            return
+        torch.set_rng_state(states[rank])
+        if "rgi_cuda_rng_states" in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state(checkpoint["rgi_cuda_rng_states"][rank], self.trainer.strategy.root_device)
+        self._resumed = True
+
+    def on_train_start(self) -> None:
+        """Give each DDP process its own random stream (seed_everything gives all the same seed)."""
+        if self.trainer.world_size > 1 and not self._resumed:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
+    def on_train_epoch_end(self) -> None:
+        """Stop on mode collapse BEFORE the epoch's checkpoint is written (checkpoints run after this)."""
+        if self._diversity_count == 0:
+            return
+        diversity = self._diversity_sum / self._diversity_count
+        self._diversity_sum, self._diversity_count = 0.0, 0
+        self.log("train_sample_diversity", diversity, sync_dist=True)
+        minimum = self.hparams.min_sample_diversity
+        if diversity < minimum:
+            msg = (
+                f"GAN training collapsed at epoch {self.current_epoch}: generated samples vary "
+                f"{diversity:.3f} times as much as the training images (below min_sample_diversity="
+                f"{minimum}). The prior would restore every image to nearly the same picture, so this "
+                "epoch's checkpoint was not written; the last one on disk is from before. Lower `lr`, "
+                "raise `adversarial_weight` or check that the training images are not all alike."
+            )
+            raise ModeCollapseError(msg)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> Rgi:  # type: ignore[override]
@@ -242,10 +340,13 @@ class Rgi(AnomalibModule):
         ``ModelCheckpoint`` without a monitor then saves only at that point: an interrupted or
         diverged run would leave nothing. Replacing the Engine's checkpoint callback by one that saves
         at each epoch end (same folder and name; after validation in the last epoch, so the learned
-        thresholds are in the final file) keeps the last good state on disk.
+        thresholds are in the final file) keeps the last good state on disk. It must be anomalib's
+        class (or a subclass): Lightning drops the Engine's callback only for a returned callback of
+        the same type, and two callbacks would write ``model.ckpt`` and ``model-v1.ckpt``.
         """
         callbacks = list(super().configure_callbacks())
-        existing = self._trainer.checkpoint_callback if self._trainer is not None else None
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        existing = self._trainer.checkpoint_callback if fitting else None
         if isinstance(existing, ModelCheckpoint) and existing.monitor is None:
             callbacks.append(
                 ModelCheckpoint(
@@ -311,6 +412,9 @@ class Rgi(AnomalibModule):
         self.manual_backward(losses["loss"])
         generator_optimizer.step()
         self.model.trained_steps += 1
+        if images.shape[0] > 1:
+            self._diversity_sum += float(sample_diversity(fake.detach(), images))
+            self._diversity_count += 1
 
         self.log_dict(
             {"critic_loss": critic_loss.detach(), "generator_loss": losses["loss"].detach()},
@@ -403,6 +507,11 @@ class Rgi(AnomalibModule):
         xml_path = super().to_openvino(*args, **kwargs)
         keep_only_output_names(xml_path)
         return xml_path
+
+    def _gather_state(self, state: torch.Tensor) -> torch.Tensor:
+        """``(world_size, ...)`` states of all processes (every process calls this when saving)."""
+        gathered = self.all_gather(state.to(self.device)).cpu()
+        return gathered if self.trainer.world_size > 1 else gathered[None]
 
     def _check_finite(self, name: str, loss: torch.Tensor) -> None:
         if not math.isfinite(loss.item()):

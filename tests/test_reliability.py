@@ -1,0 +1,162 @@
+"""Unattended operation: several processes, interrupted fits, checkpoints, mode collapse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.engine import Engine
+from lightning.pytorch import Callback, seed_everything
+
+from anomalib_rgi import Rgi, RgiTextures
+from anomalib_rgi.models.rgi.lightning_model import ModeCollapseError, sample_diversity
+
+from .conftest import TINY_DATA, TINY_MODEL
+
+JOB = Path(__file__).with_name("ddp_job.py")
+
+
+def _run_job(*args: str | Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(JOB), *map(str, args)]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_ddp_scores_every_test_image_once_and_matches_one_process(tmp_path):
+    """Two gloo processes: synchronised training, each test image scored once, same metrics as one process.
+
+    Tolerance: the metrics of the DDP-trained checkpoint tested by 2 processes and by 1 process agree
+    to 1e-6 (only the order of pooling differs). A DDP fit is not expected to equal a one-process
+    fit: the batch is split over processes and each draws its own latents.
+    """
+    from anomalib_rgi.data import build_category
+
+    data = tmp_path / "data"
+    # 9 test crops, half for validation: an odd count on 2 processes, which a padding sampler repeats.
+    build_category(data, "grass", crop_size=32, num_train=16, num_test_good=5, num_test_defective=4, seed=0)
+    _run_job(data, tmp_path / "ddp", "--devices", "2")
+
+    per_rank = [json.loads((tmp_path / "ddp" / f"scored-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(per_rank)
+    scored = [path for paths in per_rank for path in paths]
+    assert len(scored) == len(set(scored)), "an image was scored twice"
+    datamodule = RgiTextures(root=data, category="grass", **{**TINY_DATA, "num_test_good": 5})
+    datamodule.setup()
+    assert sorted(scored) == sorted(map(str, datamodule.test_data.samples.image_path))
+    # 16 images, 4 per process and step, 2 processes, 2 epochs: the processes stepped together.
+    assert (tmp_path / "ddp" / "trained_steps.txt").read_text() == "4"
+
+    (checkpoint,) = (tmp_path / "ddp").rglob("*.ckpt")
+    _run_job(data, tmp_path / "one", "--devices", "1", "--ckpt", checkpoint)
+    ddp_metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    one_metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert ddp_metrics.keys() == one_metrics.keys()
+    for name, value in ddp_metrics.items():
+        assert value == pytest.approx(one_metrics[name], abs=1e-6), name
+
+
+class SimulatedKillError(RuntimeError):
+    """Stands for the process being killed."""
+
+
+class KillAt(Callback):
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        del pl_module, batch
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise SimulatedKillError
+
+
+def _fit(root: Path, work: Path, ckpt_path: Path | None = None, callbacks: list | None = None, **overrides) -> Rgi:
+    seed_everything(0)
+    datamodule = RgiTextures(root=root, category="grass", **TINY_DATA)
+    model = Rgi(**{**TINY_MODEL, "max_epochs": 3, **overrides})
+    engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1, callbacks=callbacks or [])
+    engine.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return model
+
+
+def test_fit_killed_mid_epoch_resumes_to_the_same_weights(tiny_data_root, tmp_path):
+    uninterrupted = _fit(tiny_data_root, tmp_path / "uninterrupted")
+
+    with pytest.raises(SimulatedKillError):
+        _fit(tiny_data_root, tmp_path / "run", callbacks=[KillAt(epoch=1, batch=1)])
+    (checkpoint,) = (tmp_path / "run").rglob("*.ckpt")
+    assert torch.load(checkpoint, weights_only=False)["epoch"] == 0
+    before = checkpoint.read_bytes()
+
+    resumed = _fit(tiny_data_root, tmp_path / "run", ckpt_path=checkpoint)
+    assert int(resumed.model.trained_steps) == int(uninterrupted.model.trained_steps) == 6
+    expected = uninterrupted.state_dict()
+    differing = [name for name, value in resumed.state_dict().items() if not torch.equal(value, expected[name])]
+    assert not differing, [n for n in differing if not n.startswith("post_processor")]
+    # The resumed run wrote a new version folder; the interrupted run's checkpoint is untouched.
+    assert checkpoint.read_bytes() == before
+    assert len(list((tmp_path / "run").rglob("*.ckpt"))) == 2
+
+
+def test_fit_writes_one_checkpoint_per_run(tiny_data_root, tmp_path):
+    _fit(tiny_data_root, tmp_path, max_epochs=2)
+    assert [path.name for path in tmp_path.rglob("*.ckpt")] == ["model.ckpt"]
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tiny_data_root, tmp_path, monkeypatch):
+    """A kill while a checkpoint is written leaves the previous checkpoint whole (write to a temp, then rename)."""
+    from fsspec.implementations.local import LocalFileOpener
+
+    model = _fit(tiny_data_root, tmp_path, max_epochs=1)
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    before = checkpoint.read_bytes()
+
+    write = LocalFileOpener.write
+
+    def killed_halfway(self: LocalFileOpener, data: bytes) -> int:
+        write(self, data[: len(data) // 2])
+        raise SimulatedKillError
+
+    monkeypatch.setattr(LocalFileOpener, "write", killed_halfway)
+    with pytest.raises(SimulatedKillError):
+        model.trainer.save_checkpoint(checkpoint)
+    monkeypatch.undo()
+    assert checkpoint.read_bytes() == before
+    assert Rgi.load_from_checkpoint(checkpoint) is not None
+
+
+def test_sample_diversity_separates_healthy_and_collapsed_generators():
+    real = torch.rand(16, 3, 8, 8) * 2 - 1
+    assert sample_diversity(torch.rand(16, 3, 8, 8) * 2 - 1, real) == pytest.approx(1.0, abs=0.2)
+    collapsed = real[:1].repeat(16, 1, 1, 1) + 0.001 * torch.randn(16, 3, 8, 8)
+    assert sample_diversity(collapsed, real) < 0.01
+
+
+def test_mode_collapse_stops_training_before_the_checkpoint(tiny_data_root, tmp_path, monkeypatch):
+    from anomalib_rgi.models.rgi.torch_model import Generator
+
+    forward = Generator.forward
+
+    def collapse_in_second_epoch(self: Generator, latent: torch.Tensor) -> torch.Tensor:
+        output = forward(self, latent)
+        if CollapseSwitch.on:
+            return output[:1].expand_as(output) * 1.0
+        return output
+
+    class CollapseSwitch(Callback):
+        on = False
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            del pl_module
+            CollapseSwitch.on = trainer.current_epoch >= 1
+
+    monkeypatch.setattr(Generator, "forward", collapse_in_second_epoch)
+    with pytest.raises(ModeCollapseError, match="collapsed at epoch 1"):
+        _fit(tiny_data_root, tmp_path, callbacks=[CollapseSwitch()])
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    assert torch.load(checkpoint, weights_only=False)["epoch"] == 0
