@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.v2.functional import to_dtype, to_image
 from torchvision.tv_tensors import Mask
 
 _INTEGER_RANGES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
@@ -43,22 +44,21 @@ def _open(path: str | Path) -> Image.Image:
     return image
 
 
-def _to_rgb_array(image: Image.Image, path: str | Path) -> np.ndarray:
-    """``(H, W, 3)`` float array in [0, 1]."""
-    if image.mode in _INTEGER_RANGES:
-        grey = np.asarray(image, dtype=np.float64) / _INTEGER_RANGES[image.mode]
-        if grey.min() < 0 or grey.max() > 1:
-            msg = f"Image {path} (mode {image.mode}) holds values outside 0..65535; save it as 8- or 16-bit."
-            raise ImageReadError(msg)
-        return np.repeat(grey[..., None], 3, axis=-1)
+def _check_mode(image: Image.Image, path: str | Path) -> None:
     if image.mode == "F":
         msg = f"Image {path} holds floating-point pixels (mode F); save it as an 8- or 16-bit image."
         raise ImageReadError(msg)
-    return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    if image.mode in _INTEGER_RANGES:
+        low, high = image.getextrema()
+        if low < 0 or high > _INTEGER_RANGES[image.mode]:
+            msg = f"Image {path} (mode {image.mode}) holds values outside 0..65535; save it as 8- or 16-bit."
+            raise ImageReadError(msg)
 
 
 def read_image(path: str | Path, as_tensor: bool = False) -> torch.Tensor | np.ndarray:
     """Read an image as RGB in [0, 1], like anomalib's ``read_image`` but full-range for 16-bit files.
+
+    8-bit files (RGB, RGBA, grey, palette) give exactly anomalib's result.
 
     Args:
         path (str | Path): Image file.
@@ -71,10 +71,14 @@ def read_image(path: str | Path, as_tensor: bool = False) -> torch.Tensor | np.n
         ImageReadError: If the file is empty, truncated, not an image or of an unsupported mode.
 
     """
-    array = _to_rgb_array(_open(path), path)
-    if as_tensor:
-        return torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1).contiguous()
-    return array
+    image = _open(path)
+    _check_mode(image, path)
+    if image.mode in _INTEGER_RANGES:
+        grey = np.asarray(image, dtype=np.float64) / _INTEGER_RANGES[image.mode]
+        array = np.repeat(grey[..., None], 3, axis=-1)
+        return torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1).contiguous() if as_tensor else array
+    image = image.convert("RGB")
+    return to_dtype(to_image(image), torch.float32, scale=True) if as_tensor else np.array(image) / 255.0
 
 
 def read_mask(path: str | Path, as_tensor: bool = False) -> torch.Tensor | np.ndarray:
