@@ -89,7 +89,7 @@ def test_mixed_sizes_modes_and_constant_images_train_and_test(data_copy, tmp_pat
     train, test = data_copy / "grass" / "train" / "good", data_copy / "grass" / "test" / "good"
     rgb = np.asarray(Image.open(train / "001.png").convert("RGB"))
     Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)])).save(train / "001.png")  # RGBA
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(train / "002.png")  # 16-bit grey
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(train / "002.png")  # 16-bit grey
     Image.fromarray(rgb[..., 0]).resize((48, 40)).save(train / "003.png")  # 8-bit grey, another size
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(train / "004.png")  # constant
     Image.fromarray(np.full((32, 32), 65535, np.uint16)).save(test / "000.png")  # constant, 16-bit
