@@ -52,7 +52,13 @@ def test_ddp_scores_every_test_image_once_and_matches_one_process(tmp_path):
     # 16 images, 4 per process and step, 2 processes, 2 epochs: the processes stepped together.
     assert (tmp_path / "ddp" / "trained_steps.txt").read_text() == "4"
 
+    # One run folder, which `latest` points at, holding the weights and every process's pictures.
+    runs = tmp_path / "ddp" / "run" / "Rgi" / "RgiTextures" / "grass"
+    assert sorted(path.name for path in runs.iterdir()) == ["latest", "v0"]
+    assert (runs / "latest").resolve() == (runs / "v0").resolve()
     (checkpoint,) = (tmp_path / "ddp").rglob("*.ckpt")
+    assert checkpoint.is_relative_to(runs / "v0")
+    assert len(list((runs / "v0" / "images").rglob("*.png"))) == len(scored)
     _run_job(data, tmp_path / "one", "--devices", "1", "--ckpt", checkpoint)
     ddp_metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     one_metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())

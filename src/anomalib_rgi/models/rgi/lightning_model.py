@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,29 @@ class Rgi(AnomalibModule):
         if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
             logger.info("Rgi: enabling DDP's find_unused_parameters (two partial backward passes per step).")
             strategy._ddp_kwargs["find_unused_parameters"] = True
+        if self.trainer.world_size > 1:
+            self._share_run_folder()
+
+    def _share_run_folder(self) -> None:
+        """Make every process write into process 0's run folder.
+
+        anomalib's Engine creates a new version folder (``v0``, ``v1``, ...) in EVERY process before the
+        processes connect: process 1 would put its pictures into a folder of its own and point
+        ``latest`` at it, a folder without the weights.
+        """
+        own = Path(self.trainer.default_root_dir)
+        shared = Path(self.trainer.strategy.broadcast(str(own)))
+        if shared == own:
+            return
+        self.trainer._default_root_dir = str(shared)
+        if own.is_dir() and not any(own.iterdir()):
+            own.rmdir()
+        latest = own.parent / "latest"
+        if latest.is_symlink() and not latest.exists():
+            # Replace the dangling link atomically: other processes may be doing the same.
+            temporary = own.parent / f".latest-{os.getpid()}"
+            temporary.symlink_to(shared, target_is_directory=True)
+            temporary.replace(latest)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store every process's random-number state, so a resumed fit continues the same random stream.
