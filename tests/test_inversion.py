@@ -93,6 +93,7 @@ def test_inversion_works_under_inference_mode(linear_generator):
     [
         ({"mask_solver": "bogus"}, "mask_solver"),
         ({"steps": 0}, "at least one step"),
+        ({"finetune_steps": -1}, "finetune_steps"),
         ({"lam": 0.0}, "lam must be positive"),
         ({"steps": -1}, "steps"),
     ],
@@ -100,6 +101,14 @@ def test_inversion_works_under_inference_mode(linear_generator):
 def test_bad_solver_arguments(linear_generator, kwargs, message):
     with pytest.raises(ValueError, match=message):
         invert(linear_generator, torch.zeros(1, 1, 12, 12), torch.zeros(1, 12), **kwargs)
+
+
+def test_zero_steps_of_plain_inversion_is_the_start_residual(linear_generator):
+    images = torch.randn(2, 1, 12, 12)
+    start = torch.randn(2, 12)
+    result = invert(linear_generator, images, start, steps=0, mask_solver="none")
+    with torch.no_grad():
+        assert torch.allclose(result.mask, images - linear_generator(start), atol=1e-6)
 
 
 def test_non_finite_images_and_mismatched_latents_are_refused(linear_generator):

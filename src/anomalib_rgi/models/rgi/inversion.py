@@ -201,8 +201,13 @@ def invert(
     if mask_solver not in MASK_SOLVERS:
         msg = f"mask_solver must be one of {MASK_SOLVERS}, got {mask_solver!r}."
         raise ValueError(msg)
-    if steps < 0 or finetune_steps < 0 or steps + finetune_steps == 0:
-        msg = f"Need steps >= 0, finetune_steps >= 0 and at least one step; got {steps} and {finetune_steps}."
+    if steps < 0 or finetune_steps < 0:
+        msg = f"Need steps >= 0 and finetune_steps >= 0; got {steps} and {finetune_steps}."
+        raise ValueError(msg)
+    if steps + finetune_steps == 0 and mask_solver == "adam":
+        # Without steps the other solvers still give a map (the start's residual or its closed-form
+        # mask: the encoder-only, f-AnoGAN-style baseline); the Adam mask would stay all zero.
+        msg = 'mask_solver="adam" needs at least one step.'
         raise ValueError(msg)
     if (mask_solver == "given") != (given_mask is not None):
         msg = 'given_mask is required by, and only used with, mask_solver="given".'

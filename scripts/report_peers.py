@@ -1,0 +1,130 @@
+"""Plots and table of ``scripts/compare_peers.py`` runs: what the README shows.
+
+Merges one or more run folders (e.g. one per category) and writes to ``--out``:
+
+- ``table.md``: every metric, fit time, ms per image and peak memory per model and category;
+- ``roc.png``: pixel-level ROC curves, one panel per category;
+- ``bars.png``: pixel AUROC and dataset-level Dice (best threshold) per category and model;
+- ``examples.png``: per category, three defective test crops: input, ground truth, each model's map.
+
+    python scripts/report_peers.py results/peers/<run> [results/peers/<run> ...] --out docs/results/peers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib as mpl
+
+mpl.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from compare_peers import markdown
+
+EXAMPLES = 3
+
+
+def load(runs: list[Path]) -> tuple[list[dict], dict[str, dict[str, dict]], str]:
+    """Rows, test outputs per category and model, and the machine line of the runs."""
+    rows, maps, machines = [], {}, set()
+    for run in runs:
+        result = json.loads((run / "results.json").read_text())
+        rows += result["rows"]
+        machines.add(result["machine"])
+        for path in sorted((run / "maps").glob("*/*.npz")):
+            maps.setdefault(path.parent.name, {})[path.stem] = dict(np.load(path))
+    return rows, maps, "; ".join(sorted(machines))
+
+
+def roc_figure(maps: dict[str, dict[str, dict]], out: Path) -> None:
+    """Pixel ROC curves per category."""
+    figure, axes = plt.subplots(1, len(maps), figsize=(5 * len(maps), 4.5), squeeze=False)
+    for axis, (category, models) in zip(axes[0], maps.items(), strict=True):
+        for model, outputs in models.items():
+            if "anomaly_map" not in outputs:
+                continue
+            false_positive, true_positive, _ = roc_curve(
+                outputs["gt_mask"].ravel(), outputs["anomaly_map"].astype(np.float32).ravel()
+            )
+            axis.plot(false_positive, true_positive, label=model, linewidth=1.2)
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+        axis.set(title=f"{category}: pixel ROC", xlabel="false positive rate", ylabel="true positive rate")
+        axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(out / "roc.png", dpi=110)
+    plt.close(figure)
+
+
+def bars_figure(rows: list[dict], out: Path) -> None:
+    """Pixel AUROC and best-threshold dataset Dice per category and model."""
+    categories = list(dict.fromkeys(row["category"] for row in rows))
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    figure, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / len(models)
+    for axis, metric, label in zip(
+        axes, ("pixel_AUROC", "pixel_F1Max"), ("pixel AUROC", "dataset Dice, best threshold"), strict=True
+    ):
+        for index, model in enumerate(models):
+            values = [
+                next((row[metric] for row in rows if row["category"] == c and row["model"] == model), None) or 0.0
+                for c in categories
+            ]
+            axis.bar(np.arange(len(categories)) + index * width, values, width, label=model)
+        axis.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories)
+        axis.set(title=label, ylim=(0, 1))
+    axes[1].legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(out / "bars.png", dpi=110)
+    plt.close(figure)
+
+
+def examples_figure(maps: dict[str, dict[str, dict]], out: Path) -> None:
+    """Input, ground truth and every model's map for a few defective crops of each category."""
+    lines = []
+    for category, models in maps.items():
+        with_maps = {model: outputs for model, outputs in models.items() if "anomaly_map" in outputs}
+        reference = next(iter(with_maps.values()))
+        defective = np.flatnonzero(reference["gt_mask"].reshape(len(reference["gt_mask"]), -1).any(1))[:EXAMPLES]
+        lines += [(category, index, reference, with_maps) for index in defective]
+    columns = 2 + max(len(line[3]) for line in lines)
+    figure, axes = plt.subplots(len(lines), columns, figsize=(1.6 * columns, 1.7 * len(lines)), squeeze=False)
+    for row, (category, index, reference, with_maps) in enumerate(lines):
+        panels = [("input", np.moveaxis(reference["image"][index].astype(np.float32), 0, -1), None)]
+        panels.append(("ground truth", reference["gt_mask"][index], "gray"))
+        panels += [
+            (model, outputs["anomaly_map"][index].astype(np.float32), "jet") for model, outputs in with_maps.items()
+        ]
+        for column, axis in enumerate(axes[row]):
+            axis.axis("off")
+            if column < len(panels):
+                title, picture, colours = panels[column]
+                axis.imshow(picture, cmap=colours)
+                axis.set_title(title if row == 0 else "", fontsize=6)
+        axes[row][0].text(-8, 64, category, rotation=90, va="center", ha="right", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "examples.png", dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    """Merge the runs and write the table and the three figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows, maps, machine = load(args.runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = ", ".join(run.name for run in args.runs)
+    (args.out / "table.md").write_text(markdown(rows, f"Peer comparison (runs {runs}), {machine}"))
+    roc_figure(maps, args.out)
+    bars_figure(rows, args.out)
+    examples_figure(maps, args.out)
+    print((args.out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
