@@ -292,9 +292,11 @@ class Rgi(AnomalibModule):
         """Stop on mode collapse BEFORE the epoch's checkpoint is written (checkpoints run after this)."""
         if self._diversity_count == 0:
             return
-        diversity = self._diversity_sum / self._diversity_count
+        local = torch.tensor(self._diversity_sum / self._diversity_count, device=self.device)
         self._diversity_sum, self._diversity_count = 0.0, 0
-        self.log("train_sample_diversity", diversity, sync_dist=True)
+        # Every DDP process must take the same decision, or the others wait for it forever.
+        diversity = float(self.trainer.strategy.reduce(local, reduce_op="mean"))
+        self.log("train_sample_diversity", diversity)
         minimum = self.hparams.min_sample_diversity
         if diversity < minimum:
             msg = (
