@@ -53,7 +53,7 @@ METRICS = (
     "pixel_F1Max",
     "pixel_PerImageBestDice",
 )
-JOBS = ("rgi", "ganomaly", "draem", "patchcore", "padim")
+JOBS = ("rgi", "patchcore", "padim", "ganomaly", "draem")  # cheapest peers first
 MAP_SIZE = 128
 TINY_DATA = {"crop_size": 32, "num_train": 16, "num_test_good": 4, "num_test_defective": 4, "train_batch_size": 8}
 TINY_RGI = {"image_size": 32, "latent_stride": 4, "latent_channels": 4, "base_channels": 4, "max_epochs": 1, "steps": 3}
