@@ -7,7 +7,7 @@ arrives almost white and trains a useless prior without any error. A truncated f
 differs from its image (a mis-paired or mis-exported file) is silently stretched by the resize.
 
 :func:`read_image` and :func:`read_mask` are drop-in replacements (same signatures and results for
-8-bit images) that scale 16/32-bit integer images by their full range, keep RGB(A)/grey/palette
+8-bit images) that scale 16-bit grey images by their full range, keep RGB(A)/grey/palette
 images as anomalib does, and raise :class:`ImageReadError` naming the file. :func:`install` puts them
 where anomalib's datasets look them up, and checks that every mask has its image's size.
 """
@@ -24,7 +24,9 @@ from PIL import Image
 from torchvision.transforms.v2.functional import to_dtype, to_image
 from torchvision.tv_tensors import Mask
 
-_INTEGER_RANGES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+# PIL opens 16-bit grey files as I;16* (or I, 32-bit, in older Pillow); all hold 0..65535.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_SIXTEEN_BIT_MAX = 65535.0
 _INSTALLED_MARK = "_anomalib_rgi_checked"
 
 
@@ -32,10 +34,11 @@ class ImageReadError(ValueError):
     """An image or mask file that cannot be used; the message names the file."""
 
 
-def _open(path: str | Path) -> Image.Image:
+def _open(path: str | Path, header_only: bool = False) -> Image.Image:
     try:
         image = Image.open(path)
-        image.load()
+        if not header_only:
+            image.load()
     except (OSError, SyntaxError, ValueError) as error:
         size = Path(path).stat().st_size if Path(path).is_file() else None
         detail = "it is empty (0 bytes)" if size == 0 else f"{type(error).__name__}: {error}"
@@ -48,9 +51,9 @@ def _check_mode(image: Image.Image, path: str | Path) -> None:
     if image.mode == "F":
         msg = f"Image {path} holds floating-point pixels (mode F); save it as an 8- or 16-bit image."
         raise ImageReadError(msg)
-    if image.mode in _INTEGER_RANGES:
+    if image.mode in _SIXTEEN_BIT_MODES:
         low, high = image.getextrema()
-        if low < 0 or high > _INTEGER_RANGES[image.mode]:
+        if low < 0 or high > _SIXTEEN_BIT_MAX:
             msg = f"Image {path} (mode {image.mode}) holds values outside 0..65535; save it as 8- or 16-bit."
             raise ImageReadError(msg)
 
@@ -73,8 +76,8 @@ def read_image(path: str | Path, as_tensor: bool = False) -> torch.Tensor | np.n
     """
     image = _open(path)
     _check_mode(image, path)
-    if image.mode in _INTEGER_RANGES:
-        grey = np.asarray(image, dtype=np.float64) / _INTEGER_RANGES[image.mode]
+    if image.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(image, dtype=np.float64) / _SIXTEEN_BIT_MAX
         array = np.repeat(grey[..., None], 3, axis=-1)
         return torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1).contiguous() if as_tensor else array
     image = image.convert("RGB")
@@ -108,7 +111,8 @@ def check_mask_matches(image_path: str | Path, mask_path: str | Path) -> None:
         ImageReadError: Naming both files and both sizes.
 
     """
-    image_size, mask_size = _open_header(image_path), _open_header(mask_path)
+    with _open(image_path, header_only=True) as image, _open(mask_path, header_only=True) as mask:
+        image_size, mask_size = image.size, mask.size
     if image_size != mask_size:
         msg = (
             f"Mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {image_path} is "
@@ -116,15 +120,6 @@ def check_mask_matches(image_path: str | Path, mask_path: str | Path) -> None:
             "another resolution. Fix the pairing or resize the mask."
         )
         raise ImageReadError(msg)
-
-
-def _open_header(path: str | Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except OSError as error:
-        msg = f"Cannot read image file {path}: {type(error).__name__}: {error}."
-        raise ImageReadError(msg) from error
 
 
 def install() -> None:
