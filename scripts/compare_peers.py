@@ -22,9 +22,12 @@ Writes ``results.json``, ``table.md`` and per-model test maps (``maps/``) for
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
+import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+import yaml
 from anomalib.data import Batch
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
@@ -41,9 +45,6 @@ from PIL import Image
 
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.data import CATEGORIES
-
-sys.path.insert(0, str(Path(__file__).parent))
-from benchmark_quality import machine
 
 METRICS = (
     "image_AUROC",
@@ -57,6 +58,21 @@ JOBS = ("rgi", "patchcore", "padim", "ganomaly", "draem")  # cheapest peers firs
 MAP_SIZE = 128
 TINY_DATA = {"crop_size": 32, "num_train": 16, "num_test_good": 4, "num_test_defective": 4, "train_batch_size": 8}
 TINY_RGI = {"image_size": 32, "latent_stride": 4, "latent_channels": 4, "base_channels": 4, "max_epochs": 1, "steps": 3}
+
+
+def machine() -> str:
+    """One line naming the machine the figures come from."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    return f"{platform.processor() or platform.machine()}, {device}, torch {torch.__version__}"
+
+
+def rgi_setting(text: str) -> tuple[str, object]:
+    """Parse ``--rgi KEY=VALUE`` (VALUE read as YAML: ``max_epochs=200``, ``lam=0.05``)."""
+    key, separator, value = text.partition("=")
+    if not separator or key not in inspect.signature(Rgi).parameters:
+        msg = f"--rgi wants KEY=VALUE with KEY an Rgi argument, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return key, yaml.safe_load(value)
 
 
 class KeepTestOutputs(Callback):
@@ -92,10 +108,10 @@ class KeepTestOutputs(Callback):
         self.scored_images += len(batch.image)
 
         def resized(tensor: torch.Tensor, mode: str) -> np.ndarray:
-            tensor = tensor.float().reshape(tensor.shape[0], -1, *tensor.shape[-2:])
+            tensor = tensor.detach().cpu().float().reshape(tensor.shape[0], -1, *tensor.shape[-2:])
             return F.interpolate(tensor, size=(MAP_SIZE, MAP_SIZE), mode=mode).squeeze(1).numpy()
 
-        image = batch.image
+        image = batch.image.detach().cpu()
         if image.min() < 0:  # normalised by the model's pre-processor: undo ImageNet normalisation
             mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
             image = image * std[:, None, None] + mean[:, None, None]
@@ -103,8 +119,8 @@ class KeepTestOutputs(Callback):
         self.outputs["gt_mask"].append(resized(batch.gt_mask, "nearest").astype(bool))
         if batch.anomaly_map is not None:
             self.outputs["anomaly_map"].append(resized(batch.anomaly_map, "bilinear").astype(np.float16))
-        self.outputs["pred_score"].append(batch.pred_score.float().reshape(-1).numpy())
-        self.outputs["gt_label"].append(batch.gt_label.reshape(-1).numpy())
+        self.outputs["pred_score"].append(batch.pred_score.detach().cpu().float().reshape(-1).numpy())
+        self.outputs["gt_label"].append(batch.gt_label.cpu().reshape(-1).numpy())
 
     def save(self, path: Path) -> None:
         """Write the kept outputs as one ``.npz``."""
@@ -123,7 +139,10 @@ def anomaly_source(root: Path) -> Path:
         for name in ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "page", "rocket", "text"):
             image = getattr(data, name)()
             Image.fromarray(image).convert("RGB").save(staging / f"{name}.png")
-        staging.rename(folder)
+        try:
+            staging.rename(folder)
+        except OSError:  # another category's process (run side by side) made it first
+            shutil.rmtree(staging)
     return folder
 
 
@@ -136,8 +155,7 @@ def build(job: str, args: argparse.Namespace) -> tuple[object, int | None]:
     evaluator = Rgi.configure_evaluator()
     size = (32, 32) if args.tiny else (128, 128)
     if job == "rgi":
-        settings = TINY_RGI if args.tiny else {}
-        return Rgi(**settings), None
+        return Rgi(**rgi_settings(args)), None
     if job == "ganomaly":
         model = Ganomaly(
             batch_size=TINY_DATA["train_batch_size"] if args.tiny else 16,
@@ -168,9 +186,14 @@ def build(job: str, args: argparse.Namespace) -> tuple[object, int | None]:
     return model, None
 
 
+def rgi_settings(args: argparse.Namespace) -> dict:
+    """Rgi's arguments: its defaults (or the tiny ones), then ``--rgi`` overrides."""
+    return {**(TINY_RGI if args.tiny else {}), **dict(args.rgi)}
+
+
 def rgi_variants(args: argparse.Namespace) -> dict[str, dict]:
     """Scoring settings tested on the one trained prior."""
-    steps = TINY_RGI["steps"] if args.tiny else Rgi().hparams.steps
+    steps = rgi_settings(args).get("steps", Rgi().hparams.steps)
     return {
         "RGI": {"mask_solver": "adam", "steps": steps, "finetune_steps": 0},
         "R-RGI": {"mask_solver": "adam", "steps": steps, "finetune_steps": args.finetune_steps},
@@ -190,7 +213,7 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
     engine = Engine(
         default_root_dir=out / "runs" / category / job,
         logger=False,
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=1,
         callbacks=[keep],
         **trainer_args,
@@ -248,6 +271,15 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rgi",
+        type=rgi_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an Rgi argument (repeatable), e.g. --rgi max_epochs=200",
+    )
+    parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"), help="the issue's figures: cpu")
     parser.add_argument("--tiny", action="store_true", help="32 px crops, tiny networks, 1 epoch: a smoke test")
     parser.add_argument("--job", nargs=3, metavar=("MODEL", "CATEGORY", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -284,8 +316,9 @@ def main() -> None:
             (out / "results.json").write_text(json.dumps({"machine": machine(), "args": vars(args), "rows": rows}))
     header = (
         f"Peer comparison, {stamp}, {machine()}; GANomaly {args.ganomaly_epochs} and DRAEM {args.draem_epochs} "
-        "epochs at 128 px, "
+        f"epochs at 128 px, {args.accelerator}, "
         f"PatchCore/PaDiM EfficientNet-Lite0 at 256 px, R-RGI +{args.finetune_steps} steps"
+        + (f", Rgi {dict(args.rgi)}" if args.rgi else "")
     )
     (out / "table.md").write_text(markdown(rows, header))
     print(markdown(rows, header))

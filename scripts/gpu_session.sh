@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One lent-GPU session, prepared to run once: the peer comparison (issue #5) on every built-in
+# category, one process per category side by side on the one GPU, and the short-budget sweep
+# (issue #3) on the GAN priors that run trains, and beside them a grass prior trained 5x longer (does
+# the weakest prior improve with training?). Everything lands in $OUT/session.tgz.
+#
+#   device run:  bash scripts/gpu_session.sh           (wheels for anomalib & co. carried in .whl/)
+#   rehearsal:   OUT=/tmp/out ACCELERATOR=cpu TINY=1 WHEELS=none bash scripts/gpu_session.sh  (with the
+#                project's environment first on PATH as python3)
+set -u
+OUT=${OUT:-results/gpu_session}
+ACCELERATOR=${ACCELERATOR:-gpu}
+PEERS_SECONDS=${PEERS_SECONDS:-420}
+SWEEP_SECONDS=${SWEEP_SECONDS:-150}
+WORK=$(mktemp -d)
+mkdir -p "$OUT"
+exec > >(tee "$OUT/session.log") 2>&1
+log() { echo "[$(date -u +%T)] $*"; }
+
+WHEELS=${WHEELS:-.whl}
+if [ -d "$WHEELS" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src:$PWD/scripts:${PYTHONPATH:-} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+DEVICE=cpu; [ "$ACCELERATOR" = gpu ] && DEVICE=cuda
+if [ -n "${TINY:-}" ]; then
+    SIZE=(--tiny); LONG=(--rgi max_epochs=2); SWEEP=(--long-steps 20 --steps 3 --lr 0.1 --mask-lr 0.1 --images 8); DATA=$WORK/data
+else
+    SIZE=(--draem-epochs 15); LONG=(--rgi max_epochs=200); SWEEP=(); DATA=datasets/rgi_textures
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+python3 -c "import torch, anomalib, lightning; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'anomalib', anomalib.__version__, 'lightning', lightning.__version__)" || exit 1
+
+log "peers: brick, grass, gravel side by side on $ACCELERATOR"
+peers=()
+for category in brick grass gravel; do
+    timeout "$PEERS_SECONDS" python3 scripts/compare_peers.py --accelerator "$ACCELERATOR" --categories $category \
+        --data-root "$DATA" --out "$WORK/peers/$category" "${SIZE[@]}" >"$WORK/peers-$category.log" 2>&1 &
+    peers+=($!)
+done
+
+timeout "$PEERS_SECONDS" python3 scripts/compare_peers.py --accelerator "$ACCELERATOR" --categories grass \
+    --models rgi --data-root "$DATA" --out "$WORK/long/grass" ${TINY:+--tiny} "${LONG[@]}" >"$WORK/long-grass.log" 2>&1 &
+peers+=($!)
+
+log "sweep: waiting for the three GAN priors"
+checkpoints=()
+for second in $(seq "$PEERS_SECONDS"); do
+    finished=$(ls "$WORK"/peers/*/*/jobs/*-rgi.json 2>/dev/null | wc -l)
+    failed=$(cat "$WORK"/peers-*.log 2>/dev/null | grep -c "/ rgi: exit")
+    [ $((finished + failed)) -ge 3 ] && break
+    sleep 1
+done
+for category in brick grass gravel; do
+    path=$(ls "$WORK"/peers/$category/*/runs/$category/rgi/Rgi/RgiTextures/$category/v*/weights/lightning/model.ckpt 2>/dev/null | head -1)
+    [ -n "$path" ] && checkpoints+=(--checkpoint "$category=$path")
+done
+if [ "${#checkpoints[@]}" -gt 0 ]; then
+    log "sweep: ${checkpoints[*]}"
+    timeout "$SWEEP_SECONDS" python3 scripts/sweep_fast.py "${checkpoints[@]}" --device $DEVICE --data-root "$DATA" \
+        --out "$WORK/sweep" "${SWEEP[@]}" 2>&1 | grep -v Warning
+fi
+
+log "waiting for the peer jobs"
+wait "${peers[@]}"  # not a bare wait: that would also wait for the tee of the log
+for category in brick grass gravel; do log "peers $category log tail:"; tail -n 15 "$WORK/peers-$category.log"; done
+python3 scripts/report_peers.py "$WORK"/peers/*/* --out "$WORK/report" 2>&1 | tail -n 5
+tail -n 5 "$WORK/long-grass.log"
+cat "$WORK"/report/table.md "$WORK"/long/*/*/table.md "$WORK"/sweep/*/table.md 2>/dev/null
+
+(cd "$WORK" && tar czf - report sweep peers-*.log long-grass.log long/*/*/results.json long/*/*/table.md \
+    peers/*/*/results.json peers/*/*/table.md peers/*/*/jobs \
+    peers/*/*/runs/*/rgi/Rgi/RgiTextures/*/v*/weights/lightning/model.ckpt 2>/dev/null) >"$OUT/session.tgz"
+log "done: $(du -h "$OUT/session.tgz" | cut -f1)"
