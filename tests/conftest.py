@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from anomalib.engine import Engine
+from lightning.pytorch import Callback, seed_everything
 from torch import nn
 
+from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.data import build_category
 
 
@@ -47,3 +50,21 @@ TINY_MODEL = {
     "steps": 3,
 }
 TINY_DATA = {"crop_size": 32, "num_train": 16, "num_test_good": 4, "num_test_defective": 4, "train_batch_size": 8}
+
+
+def fit_tiny(
+    root: Path,
+    work: Path,
+    *,
+    ckpt_path: Path | None = None,
+    callbacks: list[Callback] | None = None,
+    eval_batch_size: int = 8,
+    **model_overrides: object,
+) -> tuple[Engine, Rgi, RgiTextures]:
+    """Fit a tiny, seeded Rgi on the tiny grass data through anomalib's Engine (CPU)."""
+    seed_everything(0)
+    datamodule = RgiTextures(root=root, category="grass", **{**TINY_DATA, "eval_batch_size": eval_batch_size})
+    model = Rgi(**{**TINY_MODEL, **model_overrides})
+    engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1, callbacks=callbacks or [])
+    engine.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return engine, model, datamodule

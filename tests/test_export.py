@@ -109,3 +109,22 @@ def test_deployment_example_scores_a_folder(exported, tiny_data_root, tmp_path):
     assert len(list((tmp_path / "out").glob("*_overlay.png"))) == summary["images"]
     with pytest.raises(FileExistsError, match="already holds results"):
         deploy(xml_path, images, tmp_path / "out")
+
+
+def test_adam_update_survives_openvino(tmp_path):
+    """Tiny and zero gradients (pixels the start already fits) take tiny and zero steps in OpenVINO too."""
+    import openvino as ov
+
+    from anomalib_rgi.models.rgi.export import trace_unrolled
+    from anomalib_rgi.models.rgi.inversion import _adam_step, _AdamState
+
+    def one_step(gradient: torch.Tensor) -> torch.Tensor:
+        param = torch.zeros_like(gradient)
+        _adam_step([param], (gradient,), [_AdamState(torch.zeros_like(param), torch.zeros_like(param), 0.1)])
+        return param
+
+    gradient = torch.tensor([[0.0, 1e-20, 1e-12, 1e-9, -1e-9, 1e-5, 1.0, -3.0]])
+    path = tmp_path / "adam.onnx"
+    torch.onnx.export(trace_unrolled(one_step, gradient), (gradient,), str(path), dynamo=True)
+    compiled = ov.Core().compile_model(ov.convert_model(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled(gradient.numpy())[0], one_step(gradient).numpy(), rtol=1e-4, atol=1e-9)

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.engine import Engine
 from PIL import Image
 
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.data.image_io import ImageReadError, read_image, read_mask
 
-from .conftest import TINY_DATA, TINY_MODEL
+from .conftest import TINY_DATA, TINY_MODEL, fit_tiny
 
 
 def _truncate(path: Path) -> None:
@@ -68,11 +67,7 @@ def data_copy(tiny_data_root, tmp_path) -> Path:
 
 
 def _fit_and_test(root: Path, work: Path, eval_batch_size: int = 8) -> dict:
-    torch.manual_seed(0)
-    datamodule = RgiTextures(root=root, category="grass", **{**TINY_DATA, "eval_batch_size": eval_batch_size})
-    model = Rgi(**TINY_MODEL)
-    engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1)
-    engine.fit(model=model, datamodule=datamodule)
+    engine, model, datamodule = fit_tiny(root, work, eval_batch_size=eval_batch_size)
     return engine.test(model=model, datamodule=datamodule)[0]
 
 

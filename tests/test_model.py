@@ -14,7 +14,7 @@ from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.models.rgi import PriorDivergedError
 from anomalib_rgi.models.rgi.loss import GeneratorLoss
 
-from .conftest import TINY_DATA, TINY_MODEL
+from .conftest import TINY_DATA, TINY_MODEL, fit_tiny
 
 EXPECTED_METRICS = {
     "image_AUROC",
@@ -27,19 +27,10 @@ EXPECTED_METRICS = {
 }
 
 
-def _fit(root: Path, work: Path, **model_overrides) -> tuple[Engine, Rgi, RgiTextures]:
-    torch.manual_seed(0)
-    datamodule = RgiTextures(root=root, category="grass", **TINY_DATA)
-    model = Rgi(**{**TINY_MODEL, **model_overrides})
-    engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1)
-    engine.fit(model=model, datamodule=datamodule)
-    return engine, model, datamodule
-
-
 @pytest.fixture(scope="module")
 def fitted(tiny_data_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("run")
-    engine, model, datamodule = _fit(tiny_data_root, work)
+    engine, model, datamodule = fit_tiny(tiny_data_root, work)
     metrics = engine.test(model=model, datamodule=datamodule)[0]
     return engine, model, datamodule, metrics, work
 
@@ -107,7 +98,7 @@ def test_diverging_training_stops_and_keeps_last_good_checkpoint(tiny_data_root,
         Rgi, "on_train_epoch_start", lambda self: setattr(Rgi, "current_epoch_seen", self.current_epoch)
     )
     with pytest.raises(PriorDivergedError, match="diverged"):
-        _fit(tiny_data_root, tmp_path, max_epochs=3)
+        fit_tiny(tiny_data_root, tmp_path, max_epochs=3)
     checkpoints = list(tmp_path.rglob("*.ckpt"))
     assert len(checkpoints) == 1
     state = torch.load(checkpoints[0], weights_only=False)
@@ -123,7 +114,7 @@ def test_empty_training_folder_is_refused(tiny_data_root, tmp_path):
     for image in (root / "grass" / "train" / "good").iterdir():
         image.unlink()
     with pytest.raises(ValueError, match="training set is empty"):
-        _fit(root, tmp_path / "run")
+        fit_tiny(root, tmp_path / "run")
 
 
 def test_unreadable_training_image_is_named(tiny_data_root, tmp_path):
@@ -132,7 +123,7 @@ def test_unreadable_training_image_is_named(tiny_data_root, tmp_path):
     broken = root / "grass" / "train" / "good" / "003.png"
     broken.write_bytes(b"not an image")
     with pytest.raises(Exception, match=r"003\.png"):
-        _fit(root, tmp_path / "run")
+        fit_tiny(root, tmp_path / "run")
 
 
 @pytest.mark.parametrize(
@@ -160,7 +151,7 @@ def _metrics_of_a_seeded_run(root: Path, work: Path) -> dict:
     from lightning.pytorch import seed_everything
 
     seed_everything(0, workers=True)
-    engine, model, datamodule = _fit(root, work)
+    engine, model, datamodule = fit_tiny(root, work)
     return engine.test(model=model, datamodule=datamodule)[0]
 
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from anomalib.engine import Engine
-from lightning.pytorch import Callback, seed_everything
+from lightning.pytorch import Callback
 
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.models.rgi.lightning_model import ModeCollapseError, sample_diversity
 
-from .conftest import TINY_DATA, TINY_MODEL
+from .conftest import TINY_DATA, fit_tiny
 
 JOB = Path(__file__).with_name("ddp_job.py")
 
@@ -81,13 +80,9 @@ class KillAt(Callback):
             raise SimulatedKillError
 
 
-def _fit(root: Path, work: Path, ckpt_path: Path | None = None, callbacks: list | None = None, **overrides) -> Rgi:
-    seed_everything(0)
-    datamodule = RgiTextures(root=root, category="grass", **TINY_DATA)
-    model = Rgi(**{**TINY_MODEL, "max_epochs": 3, **overrides})
-    engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1, callbacks=callbacks or [])
-    engine.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
-    return model
+def _fit(root: Path, work: Path, **options: object) -> Rgi:
+    """Three epochs (two checkpoints and a resume point), the tiny prior otherwise."""
+    return fit_tiny(root, work, **{"max_epochs": 3, **options})[1]
 
 
 def test_fit_killed_mid_epoch_resumes_to_the_same_weights(tiny_data_root, tmp_path):

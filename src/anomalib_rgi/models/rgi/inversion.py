@@ -147,7 +147,9 @@ def _adam_step(
         second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         first_hat = first / (1 - beta1**step)
         second_hat = second / (1 - beta2**step)
-        param.sub_(lr * first_hat / (second_hat.sqrt() + eps))
+        # eps as a tensor, not a scalar: OpenVINO's CPU plugin (2026.4) evaluates x / (sqrt(v) + scalar
+        # eps) as if eps were 0, which turns tiny gradients into full steps and zero ones into NaN.
+        param.sub_(lr * first_hat / (second_hat.sqrt() + torch.full_like(second_hat, eps)))
 
 
 def invert(

@@ -208,7 +208,7 @@ class Rgi(AnomalibModule):
         self.generator_loss = GeneratorLoss(adversarial_weight, reconstruction_weight)
         self.critic_loss = CriticLoss()
         self.automatic_optimization = False
-        self._diversity_sum = 0.0
+        self._diversity_sum: torch.Tensor | float = 0.0  # a tensor once summed: no host sync per step
         self._diversity_count = 0
         self._resumed = False
 
@@ -292,7 +292,7 @@ class Rgi(AnomalibModule):
         """Stop on mode collapse BEFORE the epoch's checkpoint is written (checkpoints run after this)."""
         if self._diversity_count == 0:
             return
-        local = torch.tensor(self._diversity_sum / self._diversity_count, device=self.device)
+        local = torch.as_tensor(self._diversity_sum / self._diversity_count, device=self.device)
         self._diversity_sum, self._diversity_count = 0.0, 0
         # Every DDP process must take the same decision, or the others wait for it forever.
         diversity = float(self.trainer.strategy.reduce(local, reduce_op="mean"))
@@ -439,7 +439,7 @@ class Rgi(AnomalibModule):
         generator_optimizer.step()
         self.model.trained_steps += 1
         if images.shape[0] > 1:
-            self._diversity_sum += float(sample_diversity(fake.detach(), images))
+            self._diversity_sum = self._diversity_sum + sample_diversity(fake.detach(), images)
             self._diversity_count += 1
 
         self.log_dict(
