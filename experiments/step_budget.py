@@ -13,7 +13,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomalib_rgi import Rgi
-from anomalib_rgi.data import build_category
 from anomalib_rgi.data.textures import load_test_split
 from anomalib_rgi.metrics import best_dataset_dice
 from anomalib_rgi.models.rgi import invert
@@ -27,7 +26,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="0,5,10,20,50,200")
     args = parser.parse_args()
     model = Rgi.load_from_checkpoint(args.checkpoint).eval()
-    images, masks = load_test_split(build_category(args.data_root, args.category))
+    images, masks = load_test_split(args.data_root, args.category)
     scaled = images * 2 - 1
     with torch.no_grad():
         start = model.model.encoder(scaled)

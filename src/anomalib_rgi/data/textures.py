@@ -246,11 +246,13 @@ def build_category(
     return target
 
 
-def load_test_split(root: Path | str, limit: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Read a built category's test crops (RGB, [0, 1]) and masks, for scripts that bypass anomalib.
+def load_test_split(data_root: Path | str, category: str, limit: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Read a category's test crops (RGB, [0, 1]) and masks, for scripts that bypass anomalib.
 
     Args:
-        root (Path | str): The category folder.
+        data_root (Path | str): Root of the built-in data; a category already there is read as it was
+            built (its crop size, counts), a missing one is built with the defaults.
+        category (str): One of :data:`CATEGORIES`.
         limit (int | None): Keep every k-th image so that at most ``limit`` remain (good and defective alike).
 
     Returns:
@@ -259,7 +261,9 @@ def load_test_split(root: Path | str, limit: int | None = None) -> tuple[torch.T
     """
     import torch  # noqa: PLC0415  (the builder itself does not need torch)
 
-    root = Path(root)
+    root = Path(data_root) / category
+    if not (root / "build.json").is_file():
+        root = build_category(data_root, category)
     paths = sorted((root / "test").glob("*/*.png"))
     if limit is not None:
         paths = paths[:: max(1, len(paths) // limit)][:limit]
