@@ -26,15 +26,31 @@ from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import load_test_split
 from anomalib_rgi.metrics import best_dataset_dice
 
-COLUMNS = ("category", "steps", "mask_solver", "lr", "mask_lr", "pixel_auroc", "best_dataset_dice", "dice_gap")
+COLUMNS = ("category", "steps", "mask_solver", "lr", "mask_lr", "lam", "pixel_auroc", "best_dataset_dice", "dice_gap")
 
 
-def variants(steps: list[int], rates: list[float], mask_rates: list[float]) -> list[dict]:
-    """The short-budget grid: Adam on M over both rates; the closed-form M has no rate of its own."""
+def variants(
+    steps: list[int], rates: list[float], mask_rates: list[float], lams: list[float | None], solvers: list[str]
+) -> list[dict]:
+    """The grid: Adam on M over the mask rates; the closed-form M has no rate of its own, and plain
+    inversion (``none``) neither a rate nor a lam. ``lam`` None keeps the checkpoint's."""
     grid = []
-    for count, lr in itertools.product(steps, rates):
-        grid += [{"steps": count, "mask_solver": "adam", "lr": lr, "mask_lr": m} for m in mask_rates]
-        grid.append({"steps": count, "mask_solver": "closed_form", "lr": lr, "mask_lr": None})
+    for count, lr, lam in itertools.product(steps, rates, lams):
+        for solver in solvers:
+            if solver == "adam":
+                grid += [
+                    {"steps": count, "mask_solver": "adam", "lr": lr, "mask_lr": m, "lam": lam} for m in mask_rates
+                ]
+            elif solver == "closed_form" or lam == lams[0]:
+                grid.append(
+                    {
+                        "steps": count,
+                        "mask_solver": solver,
+                        "lr": lr,
+                        "mask_lr": None,
+                        "lam": lam if solver != "none" else None,
+                    }
+                )
     return grid
 
 
@@ -68,6 +84,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 30])
     parser.add_argument("--lr", type=float, nargs="+", default=[0.03, 0.1, 0.3])
     parser.add_argument("--mask-lr", type=float, nargs="+", default=[0.1, 0.3])
+    parser.add_argument("--lam", type=float, nargs="+", default=[None], help="default: the checkpoint's")
+    parser.add_argument(
+        "--solvers", nargs="+", default=["adam", "closed_form"], choices=("adam", "closed_form", "none")
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="results/sweep_fast")
@@ -96,12 +116,13 @@ def main() -> None:
             "mask_solver": model.model.inversion["mask_solver"],
             "lr": model.model.inversion["lr"],
             "mask_lr": model.model.inversion["mask_lr"],
+            "lam": model.model.inversion["lam"],
             **long_row,
             "dice_gap": 0.0,
         }
         rows.append(reference)
         print(json.dumps({**reference, "seconds": round(time.time() - start, 1)}), flush=True)
-        for settings in variants(args.steps, args.lr, args.mask_lr):
+        for settings in variants(args.steps, args.lr, args.mask_lr, args.lam, args.solvers):
             row = {"category": category, **settings, **score(model, images, masks, settings, args.batch)}
             row["dice_gap"] = round(reference["best_dataset_dice"] - row["best_dataset_dice"], 4)
             rows.append(row)
