@@ -36,21 +36,14 @@ def variants(
     inversion (``none``) neither a rate nor a lam. ``lam`` None keeps the checkpoint's."""
     grid = []
     for count, lr, lam in itertools.product(steps, rates, lams):
+        common = {"steps": count, "lr": lr}
         for solver in solvers:
             if solver == "adam":
-                grid += [
-                    {"steps": count, "mask_solver": "adam", "lr": lr, "mask_lr": m, "lam": lam} for m in mask_rates
-                ]
-            elif solver == "closed_form" or lam == lams[0]:
-                grid.append(
-                    {
-                        "steps": count,
-                        "mask_solver": solver,
-                        "lr": lr,
-                        "mask_lr": None,
-                        "lam": lam if solver != "none" else None,
-                    }
-                )
+                grid += [{**common, "mask_solver": solver, "mask_lr": m, "lam": lam} for m in mask_rates]
+            elif solver == "closed_form":
+                grid.append({**common, "mask_solver": solver, "mask_lr": None, "lam": lam})
+            elif lam == lams[0]:  # plain inversion has no lam: once per step count and rate
+                grid.append({**common, "mask_solver": solver, "mask_lr": None, "lam": None})
     return grid
 
 
