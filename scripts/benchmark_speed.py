@@ -97,10 +97,14 @@ def measure(method: str, args: dict) -> dict:
     maps = torch.cat([run(images[i : i + largest]) for i in range(0, len(images), largest)])[:, 0].numpy()
     timings = {largest: 1000 * (time.perf_counter() - start) / len(images)}
     latency_images = len(images) if short else 1
-    start = time.perf_counter()
-    for i in range(latency_images):
-        run(images[i : i + 1])
-    timings[1] = 1000 * (time.perf_counter() - start) / latency_images
+
+    def latency() -> float:
+        start = time.perf_counter()
+        for i in range(latency_images):
+            run(images[i : i + 1])
+        return 1000 * (time.perf_counter() - start) / latency_images
+
+    timings[1] = latency()
     for batch in batches[1:-1] if short else ():
         run(images[:batch])
         start = time.perf_counter()
@@ -111,10 +115,7 @@ def measure(method: str, args: dict) -> dict:
         # The loop's own cost per step: batch-1 latency at `steps` minus that at one step, over the
         # steps between (the encoder start, the map and the post-processing cancel out).
         model.model.inversion["steps"] = 1
-        start = time.perf_counter()
-        for i in range(latency_images):
-            run(images[i : i + 1])
-        one_step = 1000 * (time.perf_counter() - start) / latency_images
+        one_step = latency()
         model.model.inversion["steps"] = steps
         per_step = (timings[1] - one_step) / (steps - 1)
         floor = generator_step_floor(model.model.generator)

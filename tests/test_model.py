@@ -148,10 +148,7 @@ def test_other_sizes_are_resized_by_the_pre_processor():
 
 
 def _metrics_of_a_seeded_run(root: Path, work: Path) -> dict:
-    from lightning.pytorch import seed_everything
-
-    seed_everything(0, workers=True)
-    engine, model, datamodule = fit_tiny(root, work)
+    engine, model, datamodule = fit_tiny(root, work)  # seeds
     return engine.test(model=model, datamodule=datamodule)[0]
 
 
