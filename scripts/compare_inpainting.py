@@ -67,19 +67,25 @@ def scores(restored: torch.Tensor, clean: torch.Tensor) -> tuple[float, float]:
     return float(np.median(psnr)), float(np.median(ssim))
 
 
-def methods(model: Rgi, finetune_steps: int, finetune_lr: float) -> dict[str, dict]:
+def methods(model: Rgi, args: argparse.Namespace) -> dict[str, dict]:
     """Solver settings of the five compared methods."""
-    lam = model.hparams.lam
+    lam = args.lam or model.hparams.lam
+    finetune_steps, finetune_lr = args.finetune_steps, args.finetune_lr
     return {
         "plain inversion, no mask": {"mask_solver": "none"},
         "inversion on known pixels, true mask given": {"mask_solver": "given"},
-        "RGI": {"mask_solver": "adam", "lam": lam},
+        "RGI": {"mask_solver": args.mask_solver, "lam": lam},
         "true mask + generator fine-tuning": {
             "mask_solver": "given",
             "finetune_steps": finetune_steps,
             "finetune_lr": finetune_lr,
         },
-        "R-RGI": {"mask_solver": "adam", "lam": lam, "finetune_steps": finetune_steps, "finetune_lr": finetune_lr},
+        "R-RGI": {
+            "mask_solver": args.mask_solver,
+            "lam": lam,
+            "finetune_steps": finetune_steps,
+            "finetune_lr": finetune_lr,
+        },
     }
 
 
@@ -91,6 +97,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's)")
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--mask-solver", default="adam", choices=("adam", "closed_form"), help="of RGI and R-RGI")
+    parser.add_argument("--lam", type=float, default=None, help="of RGI and R-RGI (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/inpainting")
     args = parser.parse_args()
@@ -112,7 +120,7 @@ def main() -> None:
                 with torch.no_grad():
                     start = model.model.encoder(scaled)
                 panels = [corrupted[0]]
-                for method, settings in methods(model, args.finetune_steps, args.finetune_lr).items():
+                for method, settings in methods(model, args).items():
                     given = masks.float() if settings["mask_solver"] == "given" else None
                     result = invert(model.model.generator, scaled, start, steps=steps, given_mask=given, **settings)
                     restored = ((result.restored + 1) / 2).clamp(0, 1)
@@ -131,8 +139,12 @@ def main() -> None:
                     panels.append(restored[0])
                 panels.append(clean[0])
                 grid_rows.append(torch.cat(panels, dim=2))
-    header = f"Inpainting comparison, {out.name}; median over {args.images} held-out crops; PSNR dB / SSIM"
-    names = list(methods(model, args.finetune_steps, args.finetune_lr))
+    header = (
+        f"Inpainting comparison, {out.name}; median over {args.images} held-out crops; PSNR dB / SSIM; "
+        f"{steps} steps, fine-tuning +{args.finetune_steps} at {args.finetune_lr}; RGI/R-RGI mask solver "
+        f"{args.mask_solver}, lam {args.lam or model.hparams.lam}; {torch.get_num_threads()} CPU threads"
+    )
+    names = list(methods(model, args))
     lines = [
         header,
         "",

@@ -103,3 +103,15 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     assert "steps 10" in speed_rows[1]["method"]  # the fast preset is read from configs/rgi_fast.yaml
     # the exported graph computes what eager PyTorch computes
     assert abs(speed_rows[1]["pixel_auroc"] - speed_rows[2]["pixel_auroc"]) < 0.005
+
+    run_script(
+        "compare_inpainting.py",
+        *("--checkpoint", f"gravel={checkpoint}", "--images", "2", "--steps", "2", "--finetune-steps", "1"),
+        *("--mask-solver", "closed_form", "--lam", "0.05", "--out", str(tmp_path / "inpainting")),
+        timeout=300,
+    )
+    (inpainting_run,) = (tmp_path / "inpainting").iterdir()
+    table = (inpainting_run / "table.md").read_text()
+    assert "mask solver closed_form, lam 0.05" in table
+    assert len(json.loads((inpainting_run / "results.json").read_text())) == 3 * 2 * 5  # corruptions x fills x methods
+    assert (inpainting_run / "grid.png").stat().st_size > 0
