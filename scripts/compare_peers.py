@@ -159,7 +159,7 @@ def anomaly_source(root: Path) -> Path:
     return folder
 
 
-def build(job: str, category: str, args: argparse.Namespace) -> tuple[object, int | None]:
+def build(job: str, args: argparse.Namespace) -> tuple[object, int | None]:
     """The model of a job and the epochs it trains for (None: the model's own trainer arguments)."""
     from anomalib.models import Draem, Ganomaly, Padim, Patchcore
 
@@ -167,8 +167,6 @@ def build(job: str, category: str, args: argparse.Namespace) -> tuple[object, in
 
     evaluator = Rgi.configure_evaluator()
     size = (32, 32) if args.tiny else (128, 128)
-    if job == "rgi" and category in dict(args.prior):
-        return Rgi.load_from_checkpoint(dict(args.prior)[category], map_location="cpu", **dict(args.rgi)), None
     if job == "rgi":
         return Rgi(**rgi_settings(args)), None
     if job == "ganomaly":
@@ -227,8 +225,11 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
     seed_everything(args.seed)
     data = TINY_DATA if args.tiny else {}
     datamodule = RgiTextures(root=args.data_root, category=category, seed=args.seed, **data)
-    model, epochs = build(job, category, args)
-    trained = job == "rgi" and category in dict(args.prior)
+    prior = dict(args.prior).get(category) if job == "rgi" else None
+    if prior:
+        model, epochs = Rgi.load_from_checkpoint(prior, map_location="cpu", **dict(args.rgi)), None
+    else:
+        model, epochs = build(job, args)
     keep = KeepTestOutputs()
     trainer_args = {"max_epochs": epochs} if epochs is not None else {}
     engine = Engine(
@@ -240,11 +241,11 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
         **trainer_args,
     )
     start = time.time()
-    if trained:
+    if prior:
         datamodule.setup()  # what fit would have done
     else:
         engine.fit(model=model, datamodule=datamodule)
-    fit_seconds = None if trained else round(time.time() - start, 1)
+    fit_seconds = None if prior else round(time.time() - start, 1)
     variants = rgi_variants(args) if job == "rgi" else {type(model).__name__: None}
     rows = []
     for name, settings in variants.items():
