@@ -33,6 +33,7 @@ from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import TRAIN_ROW_FRACTION, _random_crop, load_photograph
 from anomalib_rgi.inpainting import central_block, fill_noise, fill_patch, irregular_strokes, random_pixels
 from anomalib_rgi.models.rgi import invert
+from compare_peers import category_checkpoint
 
 CORRUPTIONS = {
     "central block": lambda size, _: central_block(size, 0.25),
@@ -92,7 +93,9 @@ def methods(model: Rgi, args: argparse.Namespace) -> dict[str, dict]:
 def main() -> None:
     """Run the comparison and write the table and picture grid."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", action="append", required=True, help="CATEGORY=PATH, repeatable")
+    parser.add_argument(
+        "--checkpoint", type=category_checkpoint, action="append", required=True, help="CATEGORY=PATH, repeatable"
+    )
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's)")
     parser.add_argument("--finetune-steps", type=int, default=100)
@@ -106,8 +109,7 @@ def main() -> None:
     out = Path(args.out) / datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     out.mkdir(parents=True, exist_ok=False)
     rows, grid_rows = [], []
-    for entry in args.checkpoint:
-        category, path = entry.split("=", 1)
+    for category, path in args.checkpoint:
         model = Rgi.load_from_checkpoint(path).eval()
         steps = args.steps or model.hparams.steps
         clean = heldout_crops(category, args.images, model.model.image_size, args.seed)
@@ -142,7 +144,7 @@ def main() -> None:
     header = (
         f"Inpainting comparison, {out.name}; median over {args.images} held-out crops; PSNR dB / SSIM; "
         f"{steps} steps, fine-tuning +{args.finetune_steps} at {args.finetune_lr}; RGI/R-RGI mask solver "
-        f"{args.mask_solver}, lam {args.lam or model.hparams.lam}; {torch.get_num_threads()} CPU threads"
+        f"{args.mask_solver}, lam {methods(model, args)['RGI']['lam']}; {torch.get_num_threads()} CPU threads"
     )
     names = list(methods(model, args))
     lines = [

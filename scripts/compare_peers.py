@@ -79,11 +79,11 @@ def rgi_setting(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
-def prior_setting(text: str) -> tuple[str, str]:
-    """Parse ``--prior CATEGORY=CKPT``."""
+def category_checkpoint(text: str) -> tuple[str, str]:
+    """Parse ``CATEGORY=CKPT`` (``--prior`` here, ``--checkpoint`` of the other benchmark scripts)."""
     category, separator, path = text.partition("=")
     if not separator or category not in CATEGORIES or not Path(path).is_file():
-        msg = f"--prior wants CATEGORY=CKPT with CATEGORY in {CATEGORIES} and an existing file, got {text!r}"
+        msg = f"expected CATEGORY=CKPT with CATEGORY in {CATEGORIES} and an existing file, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return category, path
 
@@ -306,7 +306,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--prior",
-        type=prior_setting,
+        type=category_checkpoint,
         action="append",
         default=[],
         metavar="CATEGORY=CKPT",

@@ -25,6 +25,7 @@ from sklearn.metrics import roc_auc_score
 from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import load_test_split
 from anomalib_rgi.metrics import best_dataset_dice
+from compare_peers import category_checkpoint
 
 COLUMNS = ("category", "steps", "mask_solver", "lr", "mask_lr", "lam", "pixel_auroc", "best_dataset_dice", "dice_gap")
 
@@ -72,7 +73,9 @@ def score(model: Rgi, images: torch.Tensor, masks: torch.Tensor, settings: dict,
 def main() -> None:
     """Run the long budget and the grid per checkpoint; write table.md and results.json."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", action="append", required=True, metavar="CATEGORY=PATH")
+    parser.add_argument(
+        "--checkpoint", type=category_checkpoint, action="append", required=True, metavar="CATEGORY=PATH"
+    )
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--images", type=int, default=None, help="test crops used (every k-th); default all")
     parser.add_argument(
@@ -91,12 +94,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/sweep_fast")
     args = parser.parse_args()
 
-    checkpoints = {}
-    for item in args.checkpoint:
-        category, separator, path = item.partition("=")
-        if not separator or not Path(path).is_file():
-            parser.error(f"--checkpoint wants CATEGORY=PATH to an existing file, got {item!r}")
-        checkpoints[category] = path
+    checkpoints = dict(args.checkpoint)
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     out = Path(args.out) / stamp
