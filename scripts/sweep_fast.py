@@ -52,18 +52,13 @@ def variants(
 
 def score(model: Rgi, images: torch.Tensor, masks: torch.Tensor, settings: dict, batch: int) -> dict:
     """Pixel AUROC and best dataset Dice of the maps ``settings`` give, every image scored once."""
-    inversion = dict(model.model.inversion)
-    model.model.inversion.update({key: value for key, value in settings.items() if value is not None})
-    try:
-        maps = torch.cat(
-            [
-                model.model.anomaly_map(model.model.invert(images[i : i + batch]))[:, 0].cpu()
-                for i in range(0, len(images), batch)
-            ]
-        ).numpy()
-    finally:
-        model.model.inversion.clear()
-        model.model.inversion.update(inversion)
+    overrides = {key: value for key, value in settings.items() if value is not None}
+    maps = torch.cat(
+        [
+            model.model.anomaly_map(model.model.invert(images[i : i + batch], **overrides))[:, 0].cpu()
+            for i in range(0, len(images), batch)
+        ]
+    ).numpy()
     return {
         "pixel_auroc": round(float(roc_auc_score(masks.ravel(), maps.ravel())), 4),
         "best_dataset_dice": round(best_dataset_dice(maps, masks), 4),

@@ -12,6 +12,7 @@ from anomalib.engine import Engine
 
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.inpainting import (
+    RESTORATION_SETTINGS,
     central_block,
     fill_noise,
     fill_patch,
@@ -44,12 +45,26 @@ def test_restore_tensors_and_files_for_rgi_and_rrgi(trained, tiny_data_root):
     assert result.losses.shape == (len(files),)
     assert result.restored.min() >= 0
     assert result.restored.max() <= 1
-    model.model.inversion["finetune_steps"] = 2
-    try:
-        relaxed = restore(model, torch.rand(2, 3, 32, 32))
-    finally:
-        model.model.inversion["finetune_steps"] = 0
+    relaxed = restore(model, torch.rand(2, 3, 32, 32), finetune_steps=2)
     assert relaxed.restored.shape == (2, 3, 32, 32)
+    assert model.model.inversion["finetune_steps"] == 0
+
+
+def test_restore_uses_the_closed_form_mask_unless_told_otherwise(trained):
+    model, _ = trained
+    images = torch.rand(2, 3, 32, 32)
+    scoring_settings = dict(model.model.inversion)
+    assert scoring_settings["mask_solver"] != RESTORATION_SETTINGS["mask_solver"]
+    default = restore(model, images)
+    expected = model.model.invert(images, **RESTORATION_SETTINGS)
+    torch.testing.assert_close(default.restored, ((expected.restored + 1) / 2).clamp(0, 1))
+    torch.testing.assert_close(default.masks, expected.mask.abs().mean(dim=1, keepdim=True))
+    scoring = restore(model, images, mask_solver=scoring_settings["mask_solver"], lam=scoring_settings["lam"])
+    torch.testing.assert_close(scoring.masks, model.model.invert(images).mask.abs().mean(dim=1, keepdim=True))
+    assert not torch.allclose(scoring.masks, default.masks)
+    assert model.model.inversion == scoring_settings
+    with pytest.raises(ValueError, match=r"Unknown inversion settings \['lamda'\]"):
+        restore(model, images, lamda=0.1)
 
 
 def test_restore_refuses_bad_input(trained, tmp_path):
@@ -87,6 +102,22 @@ def test_restore_command_writes_results_and_never_overwrites(trained, tiny_data_
     )
     assert wrong.returncode == 2
     assert "not written by Rgi" in wrong.stderr
+    authors = subprocess.run(
+        [str(RESTORE), str(checkpoint), str(images), str(tmp_path / "adam"), "--mask-solver", "adam", "--steps", "2"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert authors.returncode == 0, authors.stderr[-2000:]
+    assert len(list((tmp_path / "adam" / "masks").glob("*.png"))) == count
+    negative = subprocess.run(
+        [str(RESTORE), str(checkpoint), str(images), str(tmp_path / "o3"), "--lam", "-1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert negative.returncode == 2
+    assert "lam must be positive" in negative.stderr
 
 
 def test_corruption_masks_have_the_requested_area():

@@ -24,6 +24,11 @@ from PIL import Image, UnidentifiedImageError
 
 from anomalib_rgi.io import list_images, prepare_output
 from anomalib_rgi.models.rgi import Rgi
+from anomalib_rgi.models.rgi.inversion import MASK_SOLVERS
+
+# Chosen on tuning crops the inpainting table never uses (experiments/inpainting_probe.py, seed 1;
+# docs/experiments.md): within about 1 dB of inversion given the true mask on brick.
+RESTORATION_SETTINGS: dict[str, float | str] = {"mask_solver": "closed_form", "lam": 0.05}
 
 
 @dataclass
@@ -62,20 +67,32 @@ def load_images(paths: Sequence[str | Path], size: int, channels: int = 3) -> to
     return torch.stack(images)
 
 
-def restore(model: Rgi, images: torch.Tensor | Sequence[str | Path], batch_size: int = 16) -> Restoration:
-    """Restore images with RGI (or R-RGI, if the model has ``finetune_steps > 0``), no mask given.
+def restore(
+    model: Rgi,
+    images: torch.Tensor | Sequence[str | Path],
+    batch_size: int = 16,
+    **settings: float | str,
+) -> Restoration:
+    """Restore images with RGI (or R-RGI, with ``finetune_steps > 0``), no mask given.
+
+    A checkpoint's own inversion settings are those it scores anomalies with: Adam's mask, starting
+    at 0, lets the latent chase a large corruption before the mask has grown. Restoration therefore
+    uses :data:`RESTORATION_SETTINGS` (the closed-form mask) over them unless told otherwise.
 
     Args:
-        model (Rgi): A trained model (its inversion settings are used as they are).
+        model (Rgi): A trained model.
         images (torch.Tensor | Sequence[str | Path]): ``(N, C, H, W)`` in [0, 1] of the model's size,
             or image files (resized to it).
         batch_size (int): Images inverted at once.
+        **settings: Inversion settings for this call (keys of ``model.model.inversion``), over
+            :data:`RESTORATION_SETTINGS` and the model's; the model itself is left unchanged.
 
     Returns:
         Restoration: Restored images, masks and losses.
 
     Raises:
-        ValueError: If the model was never trained, or images have the wrong shape or bad values.
+        ValueError: If the model was never trained, a setting is unknown, or images have the wrong
+            shape or bad values.
 
     """
     if int(model.model.trained_steps) == 0:
@@ -86,7 +103,9 @@ def restore(model: Rgi, images: torch.Tensor | Sequence[str | Path], batch_size:
     model.eval()
     parts = []
     for start in range(0, images.shape[0], batch_size):
-        result = model.model.invert(images[start : start + batch_size].to(model.device))
+        result = model.model.invert(
+            images[start : start + batch_size].to(model.device), **{**RESTORATION_SETTINGS, **settings}
+        )
         parts.append(
             (
                 ((result.restored + 1.0) / 2.0).clamp(0, 1).cpu(),
@@ -103,8 +122,16 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
-def restore_folder(checkpoint: Path, input_dir: Path, output_dir: Path, overwrite: bool = False) -> int:
+def restore_folder(
+    checkpoint: Path,
+    input_dir: Path,
+    output_dir: Path,
+    overwrite: bool = False,
+    **settings: float | str,
+) -> int:
     """Restore every image of ``input_dir``; write restored images, masks and side-by-side pictures.
+
+    ``settings`` are passed to :func:`restore`.
 
     Returns:
         int: Number of images restored.
@@ -114,7 +141,7 @@ def restore_folder(checkpoint: Path, input_dir: Path, output_dir: Path, overwrit
     model = Rgi.load_from_checkpoint(checkpoint)
     prepare_output(output_dir, overwrite)
     images = load_images(paths, model.model.image_size, model.model.image_channels)
-    result = restore(model, images)
+    result = restore(model, images, **settings)
     for folder in ("restored", "masks", "side_by_side"):
         (output_dir / folder).mkdir(exist_ok=True)
     scale = result.masks.amax().clamp_min(1e-12)
@@ -128,7 +155,7 @@ def restore_folder(checkpoint: Path, input_dir: Path, output_dir: Path, overwrit
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``rgi-restore CHECKPOINT INPUT_DIR OUTPUT_DIR [--overwrite]``."""
+    """``rgi-restore CHECKPOINT INPUT_DIR OUTPUT_DIR [--overwrite] [--mask-solver S] [--lam L] [--steps N]``."""
     parser = argparse.ArgumentParser(
         prog="rgi-restore",
         description="Restore a folder of corrupted images with a trained Rgi checkpoint (no mask needed).",
@@ -137,9 +164,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("input_dir", type=Path)
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--overwrite", action="store_true", help="replace results already in OUTPUT_DIR")
+    parser.add_argument(
+        "--mask-solver",
+        choices=[solver for solver in MASK_SOLVERS if solver != "given"],
+        help=f"default {RESTORATION_SETTINGS['mask_solver']}; 'adam': the authors' (and scoring's) solver",
+    )
+    parser.add_argument("--lam", type=float, help=f"mask sparsity weight, default {RESTORATION_SETTINGS['lam']}")
+    parser.add_argument("--steps", type=int, help="inversion steps, default: the checkpoint's")
+    parser.add_argument("--finetune-steps", type=int, help="R-RGI fine-tuning steps, default: the checkpoint's")
     args = parser.parse_args(argv)
+    names = ("mask_solver", "lam", "steps", "finetune_steps")
+    settings = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     try:
-        count = restore_folder(args.checkpoint, args.input_dir, args.output_dir, overwrite=args.overwrite)
+        count = restore_folder(args.checkpoint, args.input_dir, args.output_dir, overwrite=args.overwrite, **settings)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         parser.exit(2, f"rgi-restore: error: {error}\n")
     print(f"Restored {count} images into {args.output_dir}")

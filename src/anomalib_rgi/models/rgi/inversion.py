@@ -167,6 +167,7 @@ def invert(
     finetune_steps: int = 0,
     finetune_lr: float = 1e-5,
     given_mask: torch.Tensor | None = None,
+    finetune_on_kept: bool = False,
 ) -> InversionResult:
     """Robust GAN inversion of a batch; R-RGI when ``finetune_steps > 0``.
 
@@ -238,9 +239,16 @@ def invert(
                 return functional_call(generator, weights, (latents,))
             return vmap(lambda p, z: functional_call(generator, p, (z.unsqueeze(0),)).squeeze(0))(per_image, latents)
 
+        frozen_mask = None
+
         def objective(restored: torch.Tensor) -> torch.Tensor:
             # closed form: envelope theorem, the optimal mask is treated as a constant in z
-            current_mask = closed_form_mask((target - restored).detach(), lam) if mask_solver == "closed_form" else mask
+            if frozen_mask is not None:
+                current_mask = frozen_mask
+            elif mask_solver == "closed_form":
+                current_mask = closed_form_mask((target - restored).detach(), lam)
+            else:
+                current_mask = mask
             loss = robust_objective(target, restored, current_mask, lam)
             if critic is not None and critic_weight:
                 loss = loss - critic_weight * critic(restored).flatten(1).mean(1)
@@ -253,6 +261,9 @@ def invert(
         per_image = None
         for step in range(1, steps + finetune_steps + 1):
             if step == steps + 1:
+                if finetune_on_kept:
+                    with torch.no_grad():
+                        frozen_mask = closed_form_mask(target - generate(latent, None), lam)
                 per_image = {
                     name: value.unsqueeze(0).repeat(batch_size, *([1] * value.dim())).requires_grad_(True)
                     for name, value in weights.items()

@@ -230,8 +230,22 @@ class RgiModel(nn.Module):
         pool = self.generator.sample_latent(self.pool_size, generator=None if images.is_cuda else seed)
         return best_of_pool(self.generator, images, pool)
 
-    def invert(self, images: torch.Tensor) -> InversionResult:
-        """Robustly invert images given in [0, 1]; the result is in the generator's [-1, 1] units."""
+    def invert(self, images: torch.Tensor, **overrides: float | str) -> InversionResult:
+        """Robustly invert images given in [0, 1]; the result is in the generator's [-1, 1] units.
+
+        Args:
+            images (torch.Tensor): ``(N, C, H, W)`` in [0, 1].
+            **overrides: Inversion settings for this call only, replacing those of ``self.inversion``
+                (e.g. ``mask_solver="closed_form", lam=0.05``).
+
+        Raises:
+            ValueError: On a setting ``self.inversion`` does not have, or images the prior cannot score.
+
+        """
+        unknown = sorted(set(overrides) - set(self.inversion))
+        if unknown:
+            msg = f"Unknown inversion settings {unknown}; the settings are {sorted(self.inversion)}."
+            raise ValueError(msg)
         self.check_images(images)
         scaled = images * 2.0 - 1.0
         return invert(
@@ -239,7 +253,7 @@ class RgiModel(nn.Module):
             scaled,
             self.initial_latent(scaled),
             critic=self.critic,
-            **self.inversion,
+            **{**self.inversion, **overrides},
         )
 
     def anomaly_map(self, result: InversionResult) -> torch.Tensor:
