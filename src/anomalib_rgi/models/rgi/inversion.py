@@ -192,6 +192,9 @@ def invert(
         given_mask (torch.Tensor | None): For ``mask_solver="given"``: the KNOWN corrupted region
             (1 = ignore the pixel), held fixed; inversion then fits only the known pixels (Yeh et al.
             with mask, or Pan et al. with ``finetune_steps``).
+        finetune_on_kept (bool): Fine-tune on the pixels RGI kept: the objective of the R-RGI steps
+            uses the closed-form mask of the RGI stage's residual, held fixed (the final mask is still
+            that of the final residual).
 
     Returns:
         InversionResult: Restored images, masks, latents and final losses.
