@@ -167,7 +167,6 @@ def invert(
     finetune_steps: int = 0,
     finetune_lr: float = 1e-5,
     given_mask: torch.Tensor | None = None,
-    finetune_on_kept: bool = False,
 ) -> InversionResult:
     """Robust GAN inversion of a batch; R-RGI when ``finetune_steps > 0``.
 
@@ -192,9 +191,6 @@ def invert(
         given_mask (torch.Tensor | None): For ``mask_solver="given"``: the KNOWN corrupted region
             (1 = ignore the pixel), held fixed; inversion then fits only the known pixels (Yeh et al.
             with mask, or Pan et al. with ``finetune_steps``).
-        finetune_on_kept (bool): Fine-tune on the pixels RGI kept: the objective of the R-RGI steps
-            uses the closed-form mask of the RGI stage's residual, held fixed (the final mask is still
-            that of the final residual).
 
     Returns:
         InversionResult: Restored images, masks, latents and final losses.
@@ -242,16 +238,9 @@ def invert(
                 return functional_call(generator, weights, (latents,))
             return vmap(lambda p, z: functional_call(generator, p, (z.unsqueeze(0),)).squeeze(0))(per_image, latents)
 
-        frozen_mask = None
-
         def objective(restored: torch.Tensor) -> torch.Tensor:
             # closed form: envelope theorem, the optimal mask is treated as a constant in z
-            if frozen_mask is not None:
-                current_mask = frozen_mask
-            elif mask_solver == "closed_form":
-                current_mask = closed_form_mask((target - restored).detach(), lam)
-            else:
-                current_mask = mask
+            current_mask = closed_form_mask((target - restored).detach(), lam) if mask_solver == "closed_form" else mask
             loss = robust_objective(target, restored, current_mask, lam)
             if critic is not None and critic_weight:
                 loss = loss - critic_weight * critic(restored).flatten(1).mean(1)
@@ -264,9 +253,6 @@ def invert(
         per_image = None
         for step in range(1, steps + finetune_steps + 1):
             if step == steps + 1:
-                if finetune_on_kept:
-                    with torch.no_grad():
-                        frozen_mask = closed_form_mask(target - generate(latent, None), lam)
                 per_image = {
                     name: value.unsqueeze(0).repeat(batch_size, *([1] * value.dim())).requires_grad_(True)
                     for name, value in weights.items()

@@ -1,11 +1,11 @@
-"""Does R-RGI stop learning the defect if its per-image fine-tuning sees only the pixels RGI kept?
+"""R-RGI whose per-image fine-tuning sees only the pixels RGI kept: does it stop learning the defect.
 
 R-RGI's per-image generator weights learn a defect away (grass validation Dice 0.23-0.25 against 0.57
 for RGI held at the encoder start, docs/experiments.md). Here the fine-tuning objective uses the
 closed-form mask of the RGI stage, frozen (``finetune_on_kept=True``), and the map is the closed-form
 mask of the fine-tuned residual. Scored on the VALIDATION half of the test crops.
 
-python experiments/rrgi_kept.py --checkpoint grass=<model.ckpt> --finetune-steps 50 100
+python docs/results/rrgi-kept-2026-11-26/rrgi_kept.py --checkpoint grass=<model.ckpt> --finetune-steps 50 100
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from pathlib import Path
 from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import load_test_split
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).parents[3] / "scripts"))
 from compare_peers import category_checkpoint
 from sweep_fast import score
 
 
 def main() -> None:
+    """Score RGI at the start and R-RGI with and without the frozen mask, one JSON row each."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint", type=category_checkpoint, action="append", required=True)
     parser.add_argument("--data-root", default="datasets/rgi_textures")
