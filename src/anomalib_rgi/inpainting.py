@@ -102,11 +102,10 @@ def restore(
     if not isinstance(images, torch.Tensor):
         images = load_images(images, model.model.image_size, model.model.image_channels)
     model.eval()
+    chosen = {**RESTORATION_SETTINGS, **settings}
     parts = []
     for start in range(0, images.shape[0], batch_size):
-        result = model.model.invert(
-            images[start : start + batch_size].to(model.device), **{**RESTORATION_SETTINGS, **settings}
-        )
+        result = model.model.invert(images[start : start + batch_size].to(model.device), **chosen)
         parts.append(
             (
                 ((result.restored + 1.0) / 2.0).clamp(0, 1).cpu(),
@@ -156,7 +155,7 @@ def restore_folder(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``rgi-restore CHECKPOINT INPUT_DIR OUTPUT_DIR [--overwrite] [--mask-solver S] [--lam L] [--steps N]``."""
+    """Run ``rgi-restore`` (``--help`` lists its arguments and options)."""
     parser = argparse.ArgumentParser(
         prog="rgi-restore",
         description="Restore a folder of corrupted images with a trained Rgi checkpoint (no mask needed).",
