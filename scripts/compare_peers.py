@@ -5,8 +5,8 @@ of its own (so its peak memory is its own), with the same evaluator (Rgi's: anom
 Dice) and the same validation split for thresholds:
 
 - ``rgi``: the GAN prior is trained once; on it, RGI (|M|), R-RGI (``--finetune-steps`` more steps
-  with per-image generator fine-tuning), RGI with 0 steps (``z`` held at the encoder's start ``E(x)``,
-  scored by the closed-form mask of its residual), plain inversion (AnoGAN-style residual
+  with per-image generator fine-tuning), R-RGI and RGI with 0 latent steps (``z`` held at the
+  encoder's start ``E(x)``, scored by the closed-form mask of its residual), plain inversion (AnoGAN-style residual
   ``|x - G(z)|``) and the encoder-only residual ``|x - G(E(x))|`` (f-AnoGAN-style) each re-learn
   thresholds and are tested;
 - ``ganomaly`` (image-level only: no anomaly map), ``draem`` (its anomaly source is a local folder of
@@ -97,7 +97,7 @@ class KeepTestOutputs(Callback):
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         del trainer, pl_module
-        self.outputs = {key: [] for key in ("image", "gt_mask", "anomaly_map", "pred_score", "gt_label")}
+        self.outputs = {key: [] for key in ("image", "gt_mask", "anomaly_map", "pred_score", "gt_label", "defect")}
         self.scoring_seconds, self.scored_images = 0.0, 0
 
     def on_test_batch_start(
@@ -134,6 +134,8 @@ class KeepTestOutputs(Callback):
             self.outputs["anomaly_map"].append(resized(batch.anomaly_map, "bilinear").astype(np.float16))
         self.outputs["pred_score"].append(batch.pred_score.detach().cpu().float().reshape(-1).numpy())
         self.outputs["gt_label"].append(batch.gt_label.cpu().reshape(-1).numpy())
+        # anomalib's folder layout (test/<defect>/<image>): the folder names the defect type, or "good"
+        self.outputs["defect"].append(np.array([Path(path).parent.name for path in batch.image_path]))
 
     def save(self, path: Path) -> None:
         """Write the kept outputs as one ``.npz``."""
@@ -210,6 +212,11 @@ def rgi_variants(args: argparse.Namespace) -> dict[str, dict]:
     return {
         "RGI": {"mask_solver": "adam", "steps": steps, "finetune_steps": 0},
         "R-RGI": {"mask_solver": "adam", "steps": steps, "finetune_steps": args.finetune_steps},
+        "R-RGI, 0 steps (encoder start, closed-form mask)": {
+            "mask_solver": "closed_form",
+            "steps": 0,
+            "finetune_steps": args.finetune_steps,
+        },
         "RGI, 0 steps (encoder start, closed-form mask)": {
             "mask_solver": "closed_form",
             "steps": 0,

@@ -5,7 +5,9 @@ Merges one or more run folders (e.g. one per category) and writes to ``--out``:
 - ``table.md``: every metric, fit time, ms per image and peak memory per model and category;
 - ``roc.png``: pixel-level ROC curves, one panel per category;
 - ``bars.png``: pixel AUROC and dataset-level Dice (best threshold) per category and model;
-- ``examples.png``: per category, three defective test crops: input, ground truth, each model's map.
+- ``examples.png``: per category, three defective test crops: input, ground truth, each model's map;
+- ``defects.md``: pixel AUROC per defect type (that type's crops and the good ones), which shows
+  what each model misses.
 
     python scripts/report_peers.py results/peers/<run> [results/peers/<run> ...] --out docs/results/peers
 """
@@ -21,7 +23,7 @@ import matplotlib as mpl
 mpl.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.metrics import roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from compare_peers import markdown
 
@@ -110,6 +112,27 @@ def examples_figure(maps: dict[str, dict[str, dict]], out: Path) -> None:
     plt.close(figure)
 
 
+def defect_table(maps: dict[str, dict[str, dict]], header: str) -> str:
+    """Pixel AUROC per category, model and defect type: the pixels of that type's crops and of the
+    good crops, so a type a model misses stands out instead of averaging away."""
+    lines = [header, ""]
+    for category, models in maps.items():
+        with_maps = {model: outputs for model, outputs in models.items() if "anomaly_map" in outputs}
+        if not with_maps or "defect" not in next(iter(with_maps.values())):
+            continue  # a run from before the defect types were kept
+        defects = sorted(set(next(iter(with_maps.values()))["defect"]) - {"good"})
+        lines += [f"| {category}: model | " + " | ".join(defects) + " |", "|" + "---|" * (len(defects) + 1)]
+        for model, outputs in with_maps.items():
+            cells = []
+            for defect in defects:
+                chosen = np.isin(outputs["defect"], [defect, "good"])
+                truth = outputs["gt_mask"][chosen].ravel()
+                cells.append(f"{roc_auc_score(truth, outputs['anomaly_map'][chosen].astype(np.float32).ravel()):.3f}")
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Merge the runs and write the table and the three figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +143,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     runs = ", ".join(run.name for run in args.runs)
     (args.out / "table.md").write_text(markdown(rows, f"Peer comparison (runs {runs}), {machine}"))
+    header = f"Pixel AUROC per defect type (that type's test crops and the good ones), runs {runs}, {machine}"
+    (args.out / "defects.md").write_text(defect_table(maps, header))
     roc_figure(maps, args.out)
     bars_figure(rows, args.out)
     examples_figure(maps, args.out)

