@@ -100,3 +100,16 @@ def test_datamodule_builds_and_splits(tmp_path):
     assert len(datamodule.val_data) + len(datamodule.test_data) == 6
     batch = next(iter(datamodule.test_dataloader()))
     assert batch.image.shape[1:] == (3, 32, 32)
+
+
+def test_split_halves_are_disjoint_and_their_masks_match_their_folders(tmp_path):
+    build_category(tmp_path, "gravel", **SMALL)
+    halves = {half: textures.split_image_paths(tmp_path, "gravel", half=half) for half in ("validation", "test")}
+    assert not set(halves["validation"]) & set(halves["test"])
+    assert sorted(halves["validation"] + halves["test"]) == textures.split_image_paths(tmp_path, "gravel")
+    images, masks = textures.load_test_split(tmp_path, "gravel", half="test")
+    assert len(images) == len(masks) == len(halves["test"])
+    for path, mask in zip(halves["test"], masks, strict=True):
+        assert mask.any() == (path.parent.name in DEFECT_TYPES)
+    with pytest.raises(ValueError, match="half must be"):
+        textures.split_image_paths(tmp_path, "gravel", half="train")

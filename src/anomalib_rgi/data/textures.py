@@ -246,10 +246,8 @@ def build_category(
     return target
 
 
-def load_test_split(
-    data_root: Path | str, category: str, limit: int | None = None, half: str = "all"
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Read a category's test crops (RGB, [0, 1]) and masks, for scripts that bypass anomalib.
+def split_image_paths(data_root: Path | str, category: str, limit: int | None = None, half: str = "all") -> list[Path]:
+    """List the test crops :func:`load_test_split` reads, in its order (``path.parent.name``: the defect type).
 
     Args:
         data_root (Path | str): Root of the built-in data; a category already there is read as it was
@@ -261,14 +259,12 @@ def load_test_split(
             validation half can be reported on crops it was not chosen on.
 
     Returns:
-        tuple[torch.Tensor, np.ndarray]: ``(N, 3, H, W)`` images and ``(N, H, W)`` boolean masks.
+        list[Path]: Paths of the chosen test crops, sorted.
 
     Raises:
         ValueError: If ``half`` is not one of ``"all"``, ``"validation"``, ``"test"``.
 
     """
-    import torch  # noqa: PLC0415  (the builder itself does not need torch)
-
     if half not in {"all", "validation", "test"}:
         msg = f'half must be "all", "validation" or "test", got {half!r}.'
         raise ValueError(msg)
@@ -286,11 +282,35 @@ def load_test_split(
         paths = [path for path in paths if path.resolve() in chosen]
     if limit is not None:
         paths = paths[:: max(1, len(paths) // limit)][:limit]
+    return paths
+
+
+def load_test_split(
+    data_root: Path | str, category: str, limit: int | None = None, half: str = "all"
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Read a category's test crops (RGB, [0, 1]) and masks, for scripts that bypass anomalib.
+
+    Args:
+        data_root (Path | str): Root of the built-in data (see :func:`split_image_paths`).
+        category (str): One of :data:`CATEGORIES`.
+        limit (int | None): At most this many crops, every k-th.
+        half (str): ``"all"``, ``"validation"`` or ``"test"`` (see :func:`split_image_paths`).
+
+    Returns:
+        tuple[torch.Tensor, np.ndarray]: ``(N, 3, H, W)`` images and ``(N, H, W)`` boolean masks.
+
+    Raises:
+        ValueError: If ``half`` is not one of ``"all"``, ``"validation"``, ``"test"``.
+
+    """
+    import torch  # noqa: PLC0415  (the builder itself does not need torch)
+
+    paths = split_image_paths(data_root, category, limit, half)
     images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths])
     masks = [
         np.zeros(images.shape[-2:], dtype=bool)
         if p.parent.name == "good"
-        else np.array(Image.open(root / "ground_truth" / p.parent.name / f"{p.stem}_mask.png")) > 127
+        else np.array(Image.open(p.parents[2] / "ground_truth" / p.parent.name / f"{p.stem}_mask.png")) > 127
         for p in paths
     ]
     return images.float() / 255, np.stack(masks)

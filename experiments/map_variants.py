@@ -1,0 +1,96 @@
+"""Other anomaly maps from the same inversion at the encoder's start (issue #5): does any transfer?
+
+For one trained Rgi prior and one half of the built-in test crops, scores the 0-step inversion
+(``z = E(x)``, the peers table's cheapest RGI row) with:
+
+- ``current``: the closed-form mask of the residual ``x - G(E(x))`` (what Rgi computes);
+- ``residual scale s, lam l``: the closed-form mask of the Gaussian-blurred residual (the prior cannot
+  place a stochastic texture's fine detail, and that error is zero-mean: blurring cancels it, while
+  a defect's offset survives);
+- ``union``: a pixel is masked if it is an outlier at the full scale or at scale s;
+- ``latent kNN``: distance of each latent vector ``E(x)_ij`` to its nearest training latent
+  (upsampled; PatchCore's idea on the encoder's latents), and its product with ``current``.
+
+Each map is smoothed like Rgi's (``map_sigma``) and reported as pixel AUROC / best dataset Dice, and
+pixel AUROC per defect type (that type's crops and the good crops).
+
+python experiments/map_variants.py --checkpoint <model.ckpt> --category grass --half validation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components import GaussianBlur2d
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from anomalib_rgi import Rgi
+from anomalib_rgi.data.textures import DEFECT_TYPES, load_test_split, split_image_paths
+from anomalib_rgi.metrics import best_dataset_dice
+from anomalib_rgi.models.rgi.inversion import closed_form_mask
+
+
+def maps_to_compare(model: Rgi, images: torch.Tensor, train: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every map variant, ``(N, 1, H, W)``, smoothed by the model's map blur."""
+    smooth = model.model.blur
+    with torch.no_grad():
+        residual = model.model.invert(images, steps=0, mask_solver="none").mask
+        full = {lam: closed_form_mask(residual, lam) for lam in (0.005, 0.02, 0.05)}
+        maps = {"current": model.model.anomaly_map(model.model.invert(images, steps=0, mask_solver="closed_form"))}
+        for sigma in (1, 2, 3, 4):
+            blurred = GaussianBlur2d(sigma=sigma, channels=residual.shape[1])(residual)
+            for lam in (0.005, 0.02):
+                coarse = closed_form_mask(blurred, lam)
+                maps[f"residual scale {sigma}, lam {lam}"] = smooth(coarse.mean(1, keepdim=True))
+                for full_lam, fine in full.items():
+                    union = 1 - (1 - fine) * (1 - coarse)
+                    name = f"union: scale 0 lam {full_lam} + scale {sigma} lam {lam}"
+                    maps[name] = smooth(union.mean(1, keepdim=True))
+        bank = model.model.encoder(train * 2 - 1)
+        latents = model.model.encoder(images * 2 - 1)
+        channels = bank.shape[1]
+        vectors = latents.permute(0, 2, 3, 1).reshape(-1, channels)
+        nearest = torch.cdist(vectors, bank.permute(0, 2, 3, 1).reshape(-1, channels))
+        nearest = nearest.min(dim=1).values.reshape(latents.shape[0], 1, *latents.shape[-2:])
+        knn = smooth(F.interpolate(nearest, size=images.shape[-2:], mode="bilinear", align_corners=False))
+        maps["latent kNN"] = knn
+        maps["current x latent kNN"] = maps["current"] * knn
+    return maps
+
+
+def main() -> None:
+    """Score every variant on one half; print one JSON row per variant."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--half", default="validation", choices=("validation", "test"))
+    parser.add_argument("--data-root", default="datasets/rgi_textures")
+    args = parser.parse_args()
+    model = Rgi.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    images, masks = load_test_split(args.data_root, args.category, half=args.half)
+    defects = np.array([path.parent.name for path in split_image_paths(args.data_root, args.category, half=args.half)])
+    train_paths = sorted((Path(args.data_root) / args.category / "train" / "good").glob("*.png"))
+    train = [torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1) for path in train_paths]
+    for name, anomaly_map in maps_to_compare(model, images, torch.stack(train).float() / 255).items():
+        scores = anomaly_map[:, 0].numpy()
+        row = {
+            "category": args.category,
+            "half": args.half,
+            "map": name,
+            "pixel_auroc": round(float(roc_auc_score(masks.ravel(), scores.ravel())), 3),
+            "best_dataset_dice": round(best_dataset_dice(scores, masks), 3),
+        }
+        for defect in DEFECT_TYPES:
+            chosen = np.isin(defects, [defect, "good"])
+            row[defect] = round(float(roc_auc_score(masks[chosen].ravel(), scores[chosen].ravel())), 3)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
