@@ -31,8 +31,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from anomalib_rgi import Rgi
-from anomalib_rgi.data.textures import DEFECT_TYPES, load_test_split, split_image_paths
-from anomalib_rgi.metrics import best_dataset_dice
+from anomalib_rgi.data.textures import load_test_split, split_image_paths
+from anomalib_rgi.metrics import best_dataset_dice, pixel_auroc_per_defect
 from anomalib_rgi.models.rgi.inversion import closed_form_mask
 
 
@@ -86,9 +86,7 @@ def main() -> None:
             "pixel_auroc": round(float(roc_auc_score(masks.ravel(), scores.ravel())), 3),
             "best_dataset_dice": round(best_dataset_dice(scores, masks), 3),
         }
-        for defect in DEFECT_TYPES:
-            chosen = np.isin(defects, [defect, "good"])
-            row[defect] = round(float(roc_auc_score(masks[chosen].ravel(), scores[chosen].ravel())), 3)
+        row |= {defect: round(value, 3) for defect, value in pixel_auroc_per_defect(scores, masks, defects).items()}
         print(json.dumps(row), flush=True)
 
 

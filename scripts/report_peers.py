@@ -23,8 +23,9 @@ import matplotlib as mpl
 mpl.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
+from anomalib_rgi.metrics import pixel_auroc_per_defect
 from compare_peers import markdown
 
 EXAMPLES = 3
@@ -123,11 +124,8 @@ def defect_table(maps: dict[str, dict[str, dict]], header: str) -> str:
         defects = sorted(set(next(iter(with_maps.values()))["defect"]) - {"good"})
         lines += [f"| {category}: model | " + " | ".join(defects) + " |", "|" + "---|" * (len(defects) + 1)]
         for model, outputs in with_maps.items():
-            cells = []
-            for defect in defects:
-                chosen = np.isin(outputs["defect"], [defect, "good"])
-                truth = outputs["gt_mask"][chosen].ravel()
-                cells.append(f"{roc_auc_score(truth, outputs['anomaly_map'][chosen].astype(np.float32).ravel()):.3f}")
+            aurocs = pixel_auroc_per_defect(outputs["anomaly_map"], outputs["gt_mask"], outputs["defect"])
+            cells = [f"{aurocs[defect]:.3f}" for defect in defects]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import torch
 from anomalib.data import ImageBatch
 from anomalib.metrics import F1Score
 
-from anomalib_rgi.metrics import Dice, PerImageBestDice, best_dataset_dice, best_dice_per_image
+from anomalib_rgi.metrics import Dice, PerImageBestDice, best_dataset_dice, best_dice_per_image, pixel_auroc_per_defect
 
 
 def _batch(**fields) -> ImageBatch:
@@ -70,3 +70,16 @@ def test_best_dataset_dice_matches_f1max_by_hand():
     truth = np.array([1, 0, 1, 0, 0], dtype=bool)
     # thresholds keep the top k: k=1 -> 2/3, k=2 -> 2/4, k=3 -> 4/5, k=4 -> 4/6, k=5 -> 4/7
     assert best_dataset_dice(scores, truth) == pytest.approx(0.8)
+
+
+def test_pixel_auroc_per_defect_scores_each_type_against_the_good_images():
+    masks = np.zeros((3, 2, 2), dtype=bool)
+    masks[1, 0, 0] = masks[2, 0, 0] = True
+    scores = np.zeros((3, 2, 2), dtype=np.float32)
+    scores[0, 1, 1] = 0.5  # a false alarm on the good image
+    scores[1, 0, 0] = 1.0  # "hole": found, above the false alarm
+    scores[2, 0, 0] = 0.2  # "foreign": below the false alarm
+    result = pixel_auroc_per_defect(scores, masks, np.array(["good", "hole", "foreign"]))
+    assert list(result) == ["foreign", "hole"]
+    assert result["hole"] == pytest.approx(1.0)
+    assert result["foreign"] == pytest.approx(6 / 7)  # ranked below 1 of 7 normal pixels

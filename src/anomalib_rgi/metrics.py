@@ -137,3 +137,27 @@ def best_dataset_dice(scores: torch.Tensor | np.ndarray, truth: torch.Tensor | n
     hits = torch.cumsum(truth[order], dim=0)
     predicted = torch.arange(1, len(scores) + 1, dtype=torch.double)
     return float((2 * hits / (predicted + truth.sum())).max())
+
+
+def pixel_auroc_per_defect(scores: np.ndarray, masks: np.ndarray, defects: np.ndarray) -> dict[str, float]:
+    """Pixel AUROC of each defect type over its own images and the good ones.
+
+    A type a model misses stands out here instead of averaging away in the pooled AUROC.
+
+    Args:
+        scores (np.ndarray): Anomaly maps, ``(N, H, W)``.
+        masks (np.ndarray): Ground-truth masks, ``(N, H, W)``.
+        defects (np.ndarray): Each image's defect type, ``"good"`` for the defect-free ones, ``(N,)``.
+
+    Returns:
+        dict[str, float]: Defect type (sorted) to pixel AUROC.
+
+    """
+    from sklearn.metrics import roc_auc_score  # noqa: PLC0415  (only the benchmark reports need it)
+
+    defects = np.asarray(defects)
+    result = {}
+    for defect in sorted(set(defects.tolist()) - {"good"}):
+        chosen = np.isin(defects, [defect, "good"])
+        result[defect] = float(roc_auc_score(masks[chosen].ravel(), scores[chosen].astype(np.float32).ravel()))
+    return result
