@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.models.components import GaussianBlur2d
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import load_test_split, split_image_paths
+from anomalib_rgi.inpainting import load_images
 from anomalib_rgi.metrics import best_dataset_dice, pixel_auroc_per_defect
 from anomalib_rgi.models.rgi.inversion import closed_form_mask
 
@@ -76,8 +76,8 @@ def main() -> None:
     images, masks = load_test_split(args.data_root, args.category, half=args.half)
     defects = np.array([path.parent.name for path in split_image_paths(args.data_root, args.category, half=args.half)])
     train_paths = sorted((Path(args.data_root) / args.category / "train" / "good").glob("*.png"))
-    train = [torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1) for path in train_paths]
-    for name, anomaly_map in maps_to_compare(model, images, torch.stack(train).float() / 255).items():
+    train = load_images(train_paths, model.model.image_size)
+    for name, anomaly_map in maps_to_compare(model, images, train).items():
         scores = anomaly_map[:, 0].numpy()
         row = {
             "category": args.category,

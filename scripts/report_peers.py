@@ -119,9 +119,10 @@ def defect_table(maps: dict[str, dict[str, dict]], header: str) -> str:
     lines = [header, ""]
     for category, models in maps.items():
         with_maps = {model: outputs for model, outputs in models.items() if "anomaly_map" in outputs}
-        if not with_maps or "defect" not in next(iter(with_maps.values())):
-            continue  # a run from before the defect types were kept
-        defects = sorted(set(next(iter(with_maps.values()))["defect"]) - {"good"})
+        reference = next(iter(with_maps.values()), {})
+        if "defect" not in reference:
+            continue  # no maps, or a run from before the defect types were kept
+        defects = sorted(set(reference["defect"]) - {"good"})
         lines += [f"| {category}: model | " + " | ".join(defects) + " |", "|" + "---|" * (len(defects) + 1)]
         for model, outputs in with_maps.items():
             aurocs = pixel_auroc_per_defect(outputs["anomaly_map"], outputs["gt_mask"], outputs["defect"])
