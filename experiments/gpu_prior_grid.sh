@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# One lent-GPU call (issue #5): 16 priors side by side on the one GPU, each scored after 20, 40, 80
+# and 160 epochs by experiments/prior_grid.py. Grass (where RGI loses) gets width 8/16/32,
+# reconstruction weight 10/2, flips, 4 latent channels, most with two seeds; brick and gravel get
+# width 8 and 32. Rows land in $OUT/rows.jsonl, the log in $OUT/session.log, and the trimmed priors of
+# the best grass configurations (validation R-RGI Dice) and of brick/gravel width 32 in $OUT/*.ckpt.
+#
+#   device run:  bash experiments/gpu_prior_grid.sh
+#     carry: .whl datasets/rgi_textures/brick datasets/rgi_textures/grass datasets/rgi_textures/gravel
+#     (wheels: see scripts/gpu_session.sh)
+#   rehearsal:   OUT=/tmp/out ACCELERATOR=cpu TINY=1 WHEELS=none bash experiments/gpu_prior_grid.sh
+#                (with the project's environment first on PATH as python3)
+set -u
+OUT=${OUT:-results/gpu_prior_grid}
+ACCELERATOR=${ACCELERATOR:-gpu}
+GRID_SECONDS=${GRID_SECONDS:-400}
+WORK=$(mktemp -d)
+mkdir -p "$OUT"
+exec > >(tee "$OUT/session.log") 2>&1
+log() { echo "[$(date -u +%T)] $*"; }
+
+WHEELS=${WHEELS:-.whl}
+if [ -d "$WHEELS" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src:$PWD/scripts:${PYTHONPATH:-} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+if [ -n "${TINY:-}" ]; then
+    SIZE=(--tiny --epochs 4 --score-epochs 2 4); DATA=$WORK/data
+else
+    SIZE=(--epochs 160 --score-epochs 20 40 80 160); DATA=datasets/rgi_textures
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+python3 -c "import torch, anomalib; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'anomalib', anomalib.__version__)" || exit 1
+
+configs=(
+    "grass w8 s0:--category grass --seed 0 --base-channels 8"
+    "grass w8 s1:--category grass --seed 1 --base-channels 8"
+    "grass w32 s0:--category grass --seed 0 --base-channels 32"
+    "grass w32 s1:--category grass --seed 1 --base-channels 32"
+    "grass w32 rw2 s0:--category grass --seed 0 --base-channels 32 --reconstruction-weight 2"
+    "grass w32 rw2 s1:--category grass --seed 1 --base-channels 32 --reconstruction-weight 2"
+    "grass w16 s0:--category grass --seed 0 --base-channels 16"
+    "grass w16 s1:--category grass --seed 1 --base-channels 16"
+    "grass w32 flips s0:--category grass --seed 0 --base-channels 32 --flips"
+    "grass w32 flips s1:--category grass --seed 1 --base-channels 32 --flips"
+    "grass w32 lc4 s0:--category grass --seed 0 --base-channels 32 --latent-channels 4"
+    "grass w8 rw2 s0:--category grass --seed 0 --base-channels 8 --reconstruction-weight 2"
+    "gravel w8 s0:--category gravel --seed 0 --base-channels 8"
+    "gravel w32 s0:--category gravel --seed 0 --base-channels 32"
+    "brick w8 s0:--category brick --seed 0 --base-channels 8"
+    "brick w32 s0:--category brick --seed 0 --base-channels 32"
+)
+[ -n "${TINY:-}" ] && configs=("${configs[0]}" "${configs[4]}" "${configs[14]}")
+mkdir -p "$WORK/logs" "$WORK/priors"
+log "grid: ${#configs[@]} priors on $ACCELERATOR"
+jobs=()
+for config in "${configs[@]}"; do
+    name=${config%%:*}; name=${name// /-}
+    # shellcheck disable=SC2086  (the options are words)
+    timeout "$GRID_SECONDS" python3 experiments/prior_grid.py ${config#*:} --accelerator "$ACCELERATOR" \
+        --data-root "$DATA" "${SIZE[@]}" --save "$WORK/priors/$name.ckpt" >"$WORK/logs/$name.log" 2>&1 &
+    jobs+=($!)
+done
+wait "${jobs[@]}"  # not a bare wait: that would also wait for the tee of the log
+log "grid done"
+for config in "${configs[@]}"; do
+    name=${config%%:*}; name=${name// /-}
+    echo "$name: $(grep -c '^{' "$WORK/logs/$name.log") rows; $(grep -v '^{' "$WORK/logs/$name.log" | grep -i 'error\|Traceback' | tail -n 2)"
+done
+grep -h '^{' "$WORK"/logs/*.log >"$OUT/rows.jsonl"
+python3 - "$OUT/rows.jsonl" "$WORK/priors" "$OUT" <<'EOF'
+import json, shutil, sys
+from pathlib import Path
+rows = [json.loads(line) for line in open(sys.argv[1])]
+key = lambda r: (r["category"], r["base_channels"], r["reconstruction_weight"], r["flips"], r["latent_channels"], r["seed"])
+latest = {}
+for r in rows:
+    if r["half"] == "validation" and r["method"].startswith("R-RGI") and r["epoch"] >= latest.get(key(r), {}).get("epoch", 0):
+        latest[key(r)] = r
+ranked = sorted(latest.values(), key=lambda r: (r["category"], -r["best_dataset_dice"]))
+for r in ranked:
+    print("validation R-RGI", *key(r), "epoch", r["epoch"], "Dice", r["best_dataset_dice"], "AUROC", r["pixel_auroc"])
+def name(r):
+    extra = ("-rw2" if r["reconstruction_weight"] == 2 else "") + ("-flips" if r["flips"] else "") + ("-lc4" if r["latent_channels"] == 4 else "")
+    return f"{r['category']}-w{r['base_channels']}{extra}-s{r['seed']}"
+keep = [name(r) for r in ranked if r["category"] == "grass"][:4] + ["gravel-w32-s0", "brick-w32-s0"]
+for kept in keep:
+    path = Path(sys.argv[2]) / f"{kept}.ckpt"
+    if path.is_file():
+        shutil.copy(path, Path(sys.argv[3]) / path.name)
+        print("kept", path.name, path.stat().st_size // 1024, "KiB")
+EOF
+log "done"

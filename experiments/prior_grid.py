@@ -1,0 +1,141 @@
+"""Which GAN prior closes RGI's gap on grass: width, training length, loss weights, flips (issue #5)?
+
+Trains Rgi on one built-in category with the given network and loss settings. After each epoch in
+``--score-epochs`` it scores both halves of the test crops (choose on ``validation``, report ``test``)
+with RGI at the encoder's start (0 steps, closed-form mask), RGI (200 Adam steps) and R-RGI (100
+more steps that also fine-tune G, lr 1e-4: the peer table's rows), and prints one JSON row per half
+and method: pixel AUROC, best dataset Dice and pixel AUROC per defect type. Scoring runs with the
+random state saved and restored, so the prior trains as it would without it. The prior is
+saved without its optimiser states after each scored epoch (``--save``; loads with
+``Rgi.load_from_checkpoint``; its thresholds are unset: validate before testing).
+
+python experiments/prior_grid.py --category grass --base-channels 32 --epochs 160 --score-epochs 40 80 160
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from anomalib.engine import Engine
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from sklearn.metrics import roc_auc_score
+from torchvision.transforms import v2
+
+from anomalib_rgi import Rgi, RgiTextures
+from anomalib_rgi.data.textures import load_test_split, split_image_paths
+from anomalib_rgi.metrics import best_dataset_dice, pixel_auroc_per_defect
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+from compare_peers import TINY_DATA, TINY_RGI
+
+METHODS = {
+    "RGI 0 steps, closed form": {"steps": 0, "mask_solver": "closed_form", "finetune_steps": 0},
+    "RGI (200 Adam steps)": {"mask_solver": "adam", "finetune_steps": 0},
+    "R-RGI (+100 fine-tuning steps)": {"mask_solver": "adam", "finetune_steps": 100, "finetune_lr": 1e-4},
+}
+
+
+class ScoreAtEpochs(Callback):
+    """Print score rows after the chosen training epochs."""
+
+    def __init__(self, epochs: list[int], halves: dict, row: dict, finetune_steps: int, save: str | None) -> None:
+        self.epochs, self.halves, self.row, self.finetune_steps = set(epochs), halves, row, finetune_steps
+        self.save = save
+        self.start, self.scoring_seconds = time.time(), 0.0
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Score both halves with every method if this epoch is one of ``epochs``."""
+        epoch = trainer.current_epoch + 1
+        if epoch not in self.epochs:
+            return
+        scoring_start = time.time()
+        train_seconds = round(scoring_start - self.start - self.scoring_seconds)
+        device = pl_module.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for half, (images, masks, defects) in self.halves.items():
+                for method, method_settings in METHODS.items():
+                    settings = dict(method_settings)
+                    if settings["finetune_steps"]:
+                        settings["finetune_steps"] = self.finetune_steps
+                    start = time.time()
+                    result = pl_module.model.invert(images.to(device), **settings)
+                    scores = pl_module.model.anomaly_map(result)[:, 0].detach().cpu().numpy()
+                    row = {
+                        **self.row,
+                        "epoch": epoch,
+                        "train_s": train_seconds,
+                        "half": half,
+                        "method": method,
+                        "pixel_auroc": round(float(roc_auc_score(masks.ravel(), scores.ravel())), 3),
+                        "best_dataset_dice": round(best_dataset_dice(scores, masks), 3),
+                        "score_s": round(time.time() - start, 1),
+                    }
+                    per_defect = pixel_auroc_per_defect(scores, masks, defects)
+                    row |= {defect: round(value, 3) for defect, value in sorted(per_defect.items())}
+                    print(json.dumps(row), flush=True)
+        if self.save:
+            # At every scored epoch, so a run stopped by a time limit still leaves its last scored prior.
+            Path(self.save).parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(self.save, weights_only=True)
+        self.scoring_seconds += time.time() - scoring_start
+
+
+def main() -> None:
+    """Train one prior, score it at the chosen epochs, save it."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--category", default="grass")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-channels", type=int, default=8)
+    parser.add_argument("--latent-channels", type=int, default=8)
+    parser.add_argument("--latent-stride", type=int, default=8)
+    parser.add_argument("--reconstruction-weight", type=float, default=10.0)
+    parser.add_argument("--flips", action="store_true", help="random horizontal and vertical flips in training")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--score-epochs", type=int, nargs="+", default=None, help="default: the last epoch")
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--data-root", default="datasets/rgi_textures")
+    parser.add_argument("--save", default=None, help="path of the trained prior (optimiser states dropped)")
+    parser.add_argument("--tiny", action="store_true", help="32 px crops, tiny networks: a smoke test")
+    args = parser.parse_args()
+
+    seed_everything(args.seed)
+    flips = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]) if args.flips else None
+    data = TINY_DATA if args.tiny else {}
+    # The data's own seed stays the default: it draws the validation/test split the peer table uses.
+    datamodule = RgiTextures(root=args.data_root, category=args.category, train_augmentations=flips, **data)
+    datamodule.prepare_data()
+    network = {
+        "base_channels": args.base_channels,
+        "latent_channels": args.latent_channels,
+        "latent_stride": args.latent_stride,
+        "reconstruction_weight": args.reconstruction_weight,
+    }
+    tiny = {key: value for key, value in TINY_RGI.items() if key not in network} if args.tiny else {}
+    model = Rgi(**{**tiny, **network, "max_epochs": args.epochs})
+    halves = {}
+    for half in ("validation", "test"):
+        images, masks = load_test_split(args.data_root, args.category, half=half)
+        defects = np.array([path.parent.name for path in split_image_paths(args.data_root, args.category, half=half)])
+        halves[half] = (images, masks, defects)
+    row = {"category": args.category, "seed": args.seed, "flips": args.flips, **network}
+    callback = ScoreAtEpochs(args.score_epochs or [args.epochs], halves, row, 2 if args.tiny else 100, args.save)
+    engine = Engine(
+        default_root_dir=Path("results/prior_grid") / f"{args.category}-{time.time_ns()}",
+        logger=False,
+        accelerator=args.accelerator,
+        devices=1,
+        max_epochs=args.epochs,
+        callbacks=[callback],
+        enable_progress_bar=False,
+    )
+    engine.fit(model=model, datamodule=datamodule)
+
+
+if __name__ == "__main__":
+    main()
