@@ -4,7 +4,8 @@ Trains Rgi on one built-in category with the given network and loss settings. Af
 ``--score-epochs`` it scores both halves of the test crops (choose on ``validation``, report ``test``)
 with RGI at the encoder's start (0 steps, closed-form mask), RGI (200 Adam steps) and R-RGI (100
 more steps that also fine-tune G, lr 1e-4: the peer table's rows), and prints one JSON row per half
-and method: pixel AUROC, best dataset Dice and pixel AUROC per defect type. Scoring runs with the
+and method: pixel AUROC, best dataset Dice and pixel AUROC per defect type; after every epoch, a
+row with the generator's sample diversity (the mode-collapse statistic). Scoring runs with the
 random state saved and restored, so the prior trains as it would without it. The prior is
 saved without its optimiser states after each scored epoch (``--save``; loads with
 ``Rgi.load_from_checkpoint``; its thresholds are unset: validate before testing).
@@ -52,6 +53,10 @@ class ScoreAtEpochs(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Score both halves with every method if this epoch is one of ``epochs``."""
         epoch = trainer.current_epoch + 1
+        # Callbacks run before the model's own epoch-end hook, which resets these sums.
+        if pl_module._diversity_count:
+            diversity = pl_module._diversity_sum / pl_module._diversity_count
+            print(json.dumps({**self.row, "epoch": epoch, "sample_diversity": round(float(diversity), 3)}), flush=True)
         if epoch not in self.epochs:
             return
         scoring_start = time.time()
@@ -96,6 +101,7 @@ def main() -> None:
     parser.add_argument("--latent-stride", type=int, default=8)
     parser.add_argument("--reconstruction-weight", type=float, default=10.0)
     parser.add_argument("--flips", action="store_true", help="random horizontal and vertical flips in training")
+    parser.add_argument("--min-sample-diversity", type=float, default=0.2, help="0: never stop on mode collapse")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--score-epochs", type=int, nargs="+", default=None, help="default: the last epoch")
     parser.add_argument("--accelerator", default="cpu")
@@ -115,6 +121,7 @@ def main() -> None:
         "latent_channels": args.latent_channels,
         "latent_stride": args.latent_stride,
         "reconstruction_weight": args.reconstruction_weight,
+        "min_sample_diversity": args.min_sample_diversity,
     }
     tiny = {key: value for key, value in TINY_RGI.items() if key not in network} if args.tiny else {}
     model = Rgi(**{**tiny, **network, "max_epochs": args.epochs})
