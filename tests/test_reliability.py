@@ -138,12 +138,22 @@ def test_sample_diversity_separates_healthy_and_collapsed_generators():
     assert sample_diversity(collapsed, real) < 0.01
 
 
-def test_mode_collapse_stops_training_before_the_checkpoint(tiny_data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("collapsed_epochs", "max_epochs", "patience", "stopped_at"),
+    [
+        ({1, 2, 3}, 4, 2, 2),  # lasting: stops after `patience` low epochs in a row
+        ({1}, 3, 2, None),  # a dip that recovers (healthy GANs do this early on): trains to the end
+        ({2}, 3, 10, 2),  # a low LAST epoch stops at once: the final checkpoint is never collapsed
+    ],
+)
+def test_mode_collapse_stops_training_before_the_checkpoint(
+    tiny_data_root, tmp_path, monkeypatch, collapsed_epochs, max_epochs, patience, stopped_at
+):
     from anomalib_rgi.models.rgi.torch_model import Generator
 
     forward = Generator.forward
 
-    def collapse_in_second_epoch(self: Generator, latent: torch.Tensor) -> torch.Tensor:
+    def collapse_in_chosen_epochs(self: Generator, latent: torch.Tensor) -> torch.Tensor:
         output = forward(self, latent)
         if CollapseSwitch.on:
             return output[:1].expand_as(output) * 1.0
@@ -154,10 +164,26 @@ def test_mode_collapse_stops_training_before_the_checkpoint(tiny_data_root, tmp_
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             del pl_module
-            CollapseSwitch.on = trainer.current_epoch >= 1
+            CollapseSwitch.on = trainer.current_epoch in collapsed_epochs
 
-    monkeypatch.setattr(Generator, "forward", collapse_in_second_epoch)
-    with pytest.raises(ModeCollapseError, match="collapsed at epoch 1"):
-        _fit(tiny_data_root, tmp_path, callbacks=[CollapseSwitch()])
+    monkeypatch.setattr(Generator, "forward", collapse_in_chosen_epochs)
+    options = {"callbacks": [CollapseSwitch()], "max_epochs": max_epochs, "collapse_patience": patience}
+    if stopped_at is None:
+        _fit(tiny_data_root, tmp_path, **options)
+        (checkpoint,) = tmp_path.rglob("*.ckpt")
+        assert torch.load(checkpoint, weights_only=False)["epoch"] == max_epochs - 1
+        return
+    with pytest.raises(ModeCollapseError, match=f"collapsed at epoch {stopped_at}"):
+        _fit(tiny_data_root, tmp_path, **options)
     (checkpoint,) = tmp_path.rglob("*.ckpt")
-    assert torch.load(checkpoint, weights_only=False)["epoch"] == 0
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["epoch"] == stopped_at - 1
+    if saved["rgi_low_diversity_epochs"]:
+        # A fit resumed from inside the low stretch keeps counting it instead of starting again.
+        with pytest.raises(ModeCollapseError, match=f"collapsed at epoch {stopped_at}"):
+            _fit(tiny_data_root, tmp_path, ckpt_path=checkpoint, **options)
+
+
+def test_collapse_patience_must_be_positive():
+    with pytest.raises(ValueError, match="collapse_patience must be at least 1"):
+        Rgi(collapse_patience=0)
