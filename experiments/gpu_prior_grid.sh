@@ -15,24 +15,13 @@ set -u
 OUT=${OUT:-results/gpu_prior_grid}
 ACCELERATOR=${ACCELERATOR:-gpu}
 GRID_SECONDS=${GRID_SECONDS:-400}
-WORK=$(mktemp -d)
-mkdir -p "$OUT"
-exec > >(tee "$OUT/session.log") 2>&1
-log() { echo "[$(date -u +%T)] $*"; }
-
-WHEELS=${WHEELS:-.whl}
-if [ -d "$WHEELS" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEELS"/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src:$PWD/scripts:${PYTHONPATH:-} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+source scripts/device_prelude.sh
+export OMP_NUM_THREADS=1
 if [ -n "${TINY:-}" ]; then
     SIZE=(--tiny --epochs 4 --score-epochs 2 4); DATA=$WORK/data
 else
     SIZE=(--epochs 160 --score-epochs 20 40 80 160); DATA=datasets/rgi_textures
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-python3 -c "import torch, anomalib; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'anomalib', anomalib.__version__)" || exit 1
 
 configs=(
     "grass w8 s0:--category grass --seed 0 --base-channels 8"

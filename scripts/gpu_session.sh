@@ -17,25 +17,14 @@ OUT=${OUT:-results/gpu_session}
 ACCELERATOR=${ACCELERATOR:-gpu}
 PEERS_SECONDS=${PEERS_SECONDS:-420}
 SWEEP_SECONDS=${SWEEP_SECONDS:-150}
-WORK=$(mktemp -d)
-mkdir -p "$OUT"
-exec > >(tee "$OUT/session.log") 2>&1
-log() { echo "[$(date -u +%T)] $*"; }
-
-WHEELS=${WHEELS:-.whl}
-if [ -d "$WHEELS" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEELS"/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src:$PWD/scripts:${PYTHONPATH:-} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+source scripts/device_prelude.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 DEVICE=cpu; [ "$ACCELERATOR" = gpu ] && DEVICE=cuda
 if [ -n "${TINY:-}" ]; then
     SIZE=(--tiny); LONG=(--rgi max_epochs=2); SWEEP=(--long-steps 20 --steps 3 --lr 0.1 --mask-lr 0.1 --images 8); DATA=$WORK/data
 else
     SIZE=(--draem-epochs 15); LONG=(--rgi max_epochs=200); SWEEP=(); DATA=datasets/rgi_textures
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-python3 -c "import torch, anomalib, lightning; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'anomalib', anomalib.__version__, 'lightning', lightning.__version__)" || exit 1
 
 log "peers: brick, grass, gravel side by side on $ACCELERATOR"
 peers=()
