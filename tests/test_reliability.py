@@ -173,10 +173,12 @@ def test_mode_collapse_stops_training_before_the_checkpoint(
         (checkpoint,) = tmp_path.rglob("*.ckpt")
         assert torch.load(checkpoint, weights_only=False)["epoch"] == max_epochs - 1
         return
-    with pytest.raises(ModeCollapseError, match=f"collapsed at epoch {stopped_at}"):
+    with pytest.raises(ModeCollapseError, match=f"collapsed at epoch {stopped_at}") as stopped:
         _fit(tiny_data_root, tmp_path, **options)
     (checkpoint,) = tmp_path.rglob("*.ckpt")
     saved = torch.load(checkpoint, weights_only=False)
+    # The message says whether the checkpoint left on disk is itself from the low stretch.
+    assert ("already below it" in str(stopped.value)) == (saved["rgi_low_diversity_epochs"] > 0)
     assert saved["epoch"] == stopped_at - 1
     if saved["rgi_low_diversity_epochs"]:
         # A fit resumed from inside the low stretch keeps counting it instead of starting again.

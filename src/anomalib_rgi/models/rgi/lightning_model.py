@@ -140,7 +140,7 @@ class Rgi(AnomalibModule):
             pixel AUROC by 0.05 to 0.1 in our measurements.
         min_sample_diversity (float): Training stops with :class:`ModeCollapseError`, before that
             epoch's checkpoint is written, when the epoch mean of :func:`sample_diversity` stays below
-            this (0 switches the check off). Trained priors measure 0.9 to 1.1, fresh ones 1.0 to
+            this (0 switches the check off). Trained priors measure 0.9 to 1.1, fresh ones 1.2 to
             1.7, a generator that ignores its latent about 0.03; healthy runs can dip to 0.05 in
             early epochs and recover (docs/experiments.md).
         collapse_patience (int): Epochs in a row below ``min_sample_diversity`` before training
@@ -318,14 +318,16 @@ class Rgi(AnomalibModule):
         max_epochs = self.trainer.max_epochs
         last_epoch = max_epochs is not None and 0 < max_epochs <= self.current_epoch + 1
         if self._low_diversity_epochs >= self.hparams.collapse_patience or (self._low_diversity_epochs and last_epoch):
+            on_disk = f"the one on disk is from epoch {self.current_epoch - 1}" if self.current_epoch else "none is"
+            if self._low_diversity_epochs > 1:
+                on_disk += ", already below it: retrain rather than use it"
             msg = (
                 f"GAN training collapsed at epoch {self.current_epoch}: generated samples vary "
                 f"{diversity:.3f} times as much as the training images, below min_sample_diversity="
                 f"{minimum} for {self._low_diversity_epochs} epoch(s) in a row"
                 f"{' up to the last epoch' if last_epoch else ''}. The prior would restore every image to "
-                "nearly the same picture, so this epoch's checkpoint was not written (the one on disk is "
-                "from the epoch before, already low: retrain rather than use it). Lower `lr`, raise "
-                "`adversarial_weight` or check that the training images are not all alike."
+                f"nearly the same picture, so this epoch's checkpoint was not written; {on_disk}. Lower "
+                "`lr`, raise `adversarial_weight` or check that the training images are not all alike."
             )
             raise ModeCollapseError(msg)
 
