@@ -9,7 +9,12 @@ For one trained Rgi prior and one half of the built-in test crops, scores the 0-
   a defect's offset survives);
 - ``union``: a pixel is masked if it is an outlier at the full scale or at scale s;
 - ``latent kNN``: distance of each latent vector ``E(x)_ij`` to its nearest training latent
-  (upsampled; PatchCore's idea on the encoder's latents), and its product with ``current``.
+  (upsampled; PatchCore's idea on the encoder's latents), and its product with ``current``;
+- ``critic``: ``-D(x)``, where the GAN's patch critic finds the test image itself unrealistic (it was
+  trained to reject the prior's blurred output, so a smooth foreign patch may look fake to it), and
+  ``sigmoid(-D(x))`` times ``current``; ``critic deviation``: ``|D(x) - mean D(train)|`` in units of
+  the training crops' spread (the critic finds holes MORE real than grass: both directions matter),
+  and its sum with ``current``, each map divided by its 99th percentile on the training crops.
 
 Each map is smoothed like Rgi's (``map_sigma``) and reported as pixel AUROC / best dataset Dice, and
 pixel AUROC per defect type (that type's crops and the good crops).
@@ -23,16 +28,14 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.models.components import GaussianBlur2d
-from sklearn.metrics import roc_auc_score
 
 from anomalib_rgi import Rgi
-from anomalib_rgi.data.textures import load_test_split, split_image_paths
+from anomalib_rgi.data.textures import load_test_split, split_defect_types
 from anomalib_rgi.inpainting import load_images
-from anomalib_rgi.metrics import best_dataset_dice, pixel_auroc_per_defect
+from anomalib_rgi.metrics import map_quality
 from anomalib_rgi.models.rgi.inversion import closed_form_mask
 
 
@@ -61,6 +64,22 @@ def maps_to_compare(model: Rgi, images: torch.Tensor, train: torch.Tensor) -> di
         knn = smooth(F.interpolate(nearest, size=images.shape[-2:], mode="bilinear", align_corners=False))
         maps["latent kNN"] = knn
         maps["current x latent kNN"] = maps["current"] * knn
+        unreal = -model.model.critic(images * 2 - 1)
+        critic = smooth(F.interpolate(unreal, size=images.shape[-2:], mode="bilinear", align_corners=False))
+        maps["critic"] = critic
+        maps["current x critic"] = maps["current"] * torch.sigmoid(critic)
+        train_critic = model.model.critic(train * 2 - 1)
+        deviation = (unreal + train_critic.mean()).abs() / train_critic.std()
+        deviation = smooth(F.interpolate(deviation, size=images.shape[-2:], mode="bilinear", align_corners=False))
+        maps["critic deviation"] = deviation
+        train_deviation = (train_critic - train_critic.mean()).abs() / train_critic.std()
+        train_deviation = smooth(
+            F.interpolate(train_deviation, size=train.shape[-2:], mode="bilinear", align_corners=False)
+        )
+        train_current = model.model.anomaly_map(model.model.invert(train, steps=0, mask_solver="closed_form"))
+        maps["current + critic deviation"] = maps["current"] / train_current.quantile(0.99) + deviation / (
+            train_deviation.quantile(0.99)
+        )
     return maps
 
 
@@ -74,19 +93,12 @@ def main() -> None:
     args = parser.parse_args()
     model = Rgi.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
     images, masks = load_test_split(args.data_root, args.category, half=args.half)
-    defects = np.array([path.parent.name for path in split_image_paths(args.data_root, args.category, half=args.half)])
+    defects = split_defect_types(args.data_root, args.category, half=args.half)
     train_paths = sorted((Path(args.data_root) / args.category / "train" / "good").glob("*.png"))
     train = load_images(train_paths, model.model.image_size)
     for name, anomaly_map in maps_to_compare(model, images, train).items():
         scores = anomaly_map[:, 0].numpy()
-        row = {
-            "category": args.category,
-            "half": args.half,
-            "map": name,
-            "pixel_auroc": round(float(roc_auc_score(masks.ravel(), scores.ravel())), 3),
-            "best_dataset_dice": round(best_dataset_dice(scores, masks), 3),
-        }
-        row |= {defect: round(value, 3) for defect, value in pixel_auroc_per_defect(scores, masks, defects).items()}
+        row = {"category": args.category, "half": args.half, "map": name, **map_quality(scores, masks, defects)}
         print(json.dumps(row), flush=True)
 
 

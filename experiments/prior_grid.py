@@ -21,16 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
-from sklearn.metrics import roc_auc_score
 from torchvision.transforms import v2
 
 from anomalib_rgi import Rgi, RgiTextures
-from anomalib_rgi.data.textures import load_test_split, split_image_paths
-from anomalib_rgi.metrics import best_dataset_dice, pixel_auroc_per_defect
+from anomalib_rgi.data.textures import load_test_split, split_defect_types
+from anomalib_rgi.metrics import map_quality
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from compare_peers import TINY_DATA, TINY_RGI
@@ -77,12 +75,9 @@ class ScoreAtEpochs(Callback):
                         "train_s": train_seconds,
                         "half": half,
                         "method": method,
-                        "pixel_auroc": round(float(roc_auc_score(masks.ravel(), scores.ravel())), 3),
-                        "best_dataset_dice": round(best_dataset_dice(scores, masks), 3),
+                        **map_quality(scores, masks, defects),
                         "score_s": round(time.time() - start, 1),
                     }
-                    per_defect = pixel_auroc_per_defect(scores, masks, defects)
-                    row |= {defect: round(value, 3) for defect, value in sorted(per_defect.items())}
                     print(json.dumps(row), flush=True)
         if self.save:
             # At every scored epoch, so a run stopped by a time limit still leaves its last scored prior.
@@ -128,8 +123,7 @@ def main() -> None:
     halves = {}
     for half in ("validation", "test"):
         images, masks = load_test_split(args.data_root, args.category, half=half)
-        defects = np.array([path.parent.name for path in split_image_paths(args.data_root, args.category, half=half)])
-        halves[half] = (images, masks, defects)
+        halves[half] = (images, masks, split_defect_types(args.data_root, args.category, half=half))
     row = {"category": args.category, "seed": args.seed, "flips": args.flips, **network}
     callback = ScoreAtEpochs(args.score_epochs or [args.epochs], halves, row, 2 if args.tiny else 100, args.save)
     engine = Engine(

@@ -109,7 +109,9 @@ def test_split_halves_are_disjoint_and_their_masks_match_their_folders(tmp_path)
     assert sorted(halves["validation"] + halves["test"]) == textures.split_image_paths(tmp_path, "gravel")
     images, masks = textures.load_test_split(tmp_path, "gravel", half="test")
     assert len(images) == len(masks) == len(halves["test"])
-    for path, mask in zip(halves["test"], masks, strict=True):
-        assert mask.any() == (path.parent.name in DEFECT_TYPES)
+    defects = textures.split_defect_types(tmp_path, "gravel", half="test")
+    assert defects.tolist() == [path.parent.name for path in halves["test"]]
+    for defect, mask in zip(defects, masks, strict=True):
+        assert mask.any() == (defect in DEFECT_TYPES)
     with pytest.raises(ValueError, match="half must be"):
         textures.split_image_paths(tmp_path, "gravel", half="train")

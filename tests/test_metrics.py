@@ -8,7 +8,14 @@ import torch
 from anomalib.data import ImageBatch
 from anomalib.metrics import F1Score
 
-from anomalib_rgi.metrics import Dice, PerImageBestDice, best_dataset_dice, best_dice_per_image, pixel_auroc_per_defect
+from anomalib_rgi.metrics import (
+    Dice,
+    PerImageBestDice,
+    best_dataset_dice,
+    best_dice_per_image,
+    map_quality,
+    pixel_auroc_per_defect,
+)
 
 
 def _batch(**fields) -> ImageBatch:
@@ -72,14 +79,29 @@ def test_best_dataset_dice_matches_f1max_by_hand():
     assert best_dataset_dice(scores, truth) == pytest.approx(0.8)
 
 
-def test_pixel_auroc_per_defect_scores_each_type_against_the_good_images():
+def three_images_two_defects() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     masks = np.zeros((3, 2, 2), dtype=bool)
     masks[1, 0, 0] = masks[2, 0, 0] = True
     scores = np.zeros((3, 2, 2), dtype=np.float32)
     scores[0, 1, 1] = 0.5  # a false alarm on the good image
     scores[1, 0, 0] = 1.0  # "hole": found, above the false alarm
     scores[2, 0, 0] = 0.2  # "foreign": below the false alarm
+    return scores, masks, np.array(["good", "hole", "foreign"])
+
+
+def test_pixel_auroc_per_defect_scores_each_type_against_the_good_images():
+    scores, masks, _ = three_images_two_defects()
     result = pixel_auroc_per_defect(scores, masks, np.array(["good", "hole", "foreign"]))
     assert list(result) == ["foreign", "hole"]
     assert result["hole"] == pytest.approx(1.0)
     assert result["foreign"] == pytest.approx(6 / 7)  # ranked below 1 of 7 normal pixels
+
+
+def test_map_quality_pools_all_images_and_rounds():
+    quality = map_quality(*three_images_two_defects())
+    # pooled: 2 defect pixels, 10 normal; the hole outranks all, the foreign pixel 1 of 10 normal ones
+    assert quality["pixel_auroc"] == pytest.approx(round(1 - 1 / 20, 3))
+    # top 1, 2, 3 pixels: 2/3, 2/4, then hole + false alarm + foreign: 2 * 2 / (3 + 2) = 0.8
+    assert quality["best_dataset_dice"] == pytest.approx(0.8)
+    assert quality["foreign"] == pytest.approx(0.857)
+    assert quality["hole"] == 1.0

@@ -161,3 +161,26 @@ def pixel_auroc_per_defect(scores: np.ndarray, masks: np.ndarray, defects: np.nd
         chosen = np.isin(defects, [defect, "good"])
         result[defect] = float(roc_auc_score(masks[chosen].ravel(), scores[chosen].astype(np.float32).ravel()))
     return result
+
+
+def map_quality(scores: np.ndarray, masks: np.ndarray, defects: np.ndarray) -> dict[str, float]:
+    """Summarise a set of maps as the experiment scripts report them: pixel AUROC, best Dice, per defect.
+
+    Args:
+        scores (np.ndarray): Anomaly maps, ``(N, H, W)``.
+        masks (np.ndarray): Ground-truth masks, ``(N, H, W)``.
+        defects (np.ndarray): Each image's defect type, ``"good"`` for the defect-free ones, ``(N,)``.
+
+    Returns:
+        dict[str, float]: ``pixel_auroc``, ``best_dataset_dice`` (see :func:`best_dataset_dice`) and
+        one entry per defect type (see :func:`pixel_auroc_per_defect`), rounded to 3 decimals.
+
+    """
+    from sklearn.metrics import roc_auc_score  # noqa: PLC0415  (only the benchmark reports need it)
+
+    quality = {
+        "pixel_auroc": float(roc_auc_score(masks.ravel(), scores.astype(np.float32).ravel())),
+        "best_dataset_dice": best_dataset_dice(scores, masks),
+    }
+    quality |= pixel_auroc_per_defect(scores, masks, defects)
+    return {name: round(value, 3) for name, value in quality.items()}

@@ -285,6 +285,21 @@ def split_image_paths(data_root: Path | str, category: str, limit: int | None = 
     return paths
 
 
+def split_defect_types(data_root: Path | str, category: str, half: str = "all") -> np.ndarray:
+    """Each test crop's defect type (``"good"`` for defect-free ones), in :func:`load_test_split`'s order.
+
+    Args:
+        data_root (Path | str): Root of the built-in data (see :func:`split_image_paths`).
+        category (str): One of :data:`CATEGORIES`.
+        half (str): ``"all"``, ``"validation"`` or ``"test"`` (see :func:`split_image_paths`).
+
+    Returns:
+        np.ndarray: ``(N,)`` folder names of the crops.
+
+    """
+    return np.array([path.parent.name for path in split_image_paths(data_root, category, half=half)])
+
+
 def load_test_split(
     data_root: Path | str, category: str, limit: int | None = None, half: str = "all"
 ) -> tuple[torch.Tensor, np.ndarray]:
