@@ -1,13 +1,13 @@
 """Does the critic's realism term in the inversion (the authors' ``lambda_D``) help RGI / R-RGI (issue #5)?
 
 The authors add ``-lambda_D * D(G(z))`` to the inversion (0.1 with their WGAN-GP critic); Rgi has it
-as ``critic_weight`` (default 0, never measured). With our hinge patch critic and a data term summed
-over pixels, the critic's gradient on ``z`` is ~200-300x smaller than the data term's at the encoder
-start (all three built-in priors), so 0.1 would do nothing: weights of 20 (a tenth) to 200 (equal)
-are the range where it can act (the first row printed is that ratio, measured on the half's first 16
-crops with the closed-form mask). For one prior and one half of the test crops, scores RGI (200 Adam
-steps) and R-RGI (+100 fine-tuning steps, lr 1e-4: the peer table's rows) at each weight; one JSON
-row per weight and method: pixel AUROC, best dataset Dice, pixel AUROC per defect type.
+as ``critic_weight`` (default 0). With our hinge patch critic and a data term summed over pixels, the
+critic's gradient on ``z`` is 90-320x smaller than the data term's at the encoder start (the peer-run
+priors of the three categories and a second brick prior), so 0.1 would do nothing: weights of 20 to
+200 are the range where it can act. The first row printed is that ratio, measured on the half's
+first 16 crops with the closed-form mask. Then, for one prior and one half of the test crops, RGI
+(200 Adam steps) and R-RGI (+100 fine-tuning steps, lr 1e-4: the peer table's rows) at each weight;
+one JSON row per weight and method: pixel AUROC, best dataset Dice, pixel AUROC per defect type.
 
 python experiments/critic_term.py --checkpoint <model.ckpt> --category grass --half validation
 """

@@ -42,6 +42,10 @@ from anomalib_rgi.models.rgi.inversion import closed_form_mask
 def maps_to_compare(model: Rgi, images: torch.Tensor, train: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every map variant, ``(N, 1, H, W)``, smoothed by the model's map blur."""
     smooth = model.model.blur
+
+    def to_image(low_resolution: torch.Tensor) -> torch.Tensor:
+        return smooth(F.interpolate(low_resolution, size=images.shape[-2:], mode="bilinear", align_corners=False))
+
     with torch.no_grad():
         residual = model.model.invert(images, steps=0, mask_solver="none").mask
         full = {lam: closed_form_mask(residual, lam) for lam in (0.005, 0.02, 0.05)}
@@ -61,22 +65,18 @@ def maps_to_compare(model: Rgi, images: torch.Tensor, train: torch.Tensor) -> di
         vectors = latents.permute(0, 2, 3, 1).reshape(-1, channels)
         nearest = torch.cdist(vectors, bank.permute(0, 2, 3, 1).reshape(-1, channels))
         nearest = nearest.min(dim=1).values.reshape(latents.shape[0], 1, *latents.shape[-2:])
-        knn = smooth(F.interpolate(nearest, size=images.shape[-2:], mode="bilinear", align_corners=False))
-        maps["latent kNN"] = knn
+        maps["latent kNN"] = knn = to_image(nearest)
         maps["current x latent kNN"] = maps["current"] * knn
-        unreal = -model.model.critic(images * 2 - 1)
-        critic = smooth(F.interpolate(unreal, size=images.shape[-2:], mode="bilinear", align_corners=False))
-        maps["critic"] = critic
+        test_critic, train_critic = model.model.critic(images * 2 - 1), model.model.critic(train * 2 - 1)
+        maps["critic"] = critic = to_image(-test_critic)
         maps["current x critic"] = maps["current"] * torch.sigmoid(critic)
-        train_critic = model.model.critic(train * 2 - 1)
-        deviation = (unreal + train_critic.mean()).abs() / train_critic.std()
-        deviation = smooth(F.interpolate(deviation, size=images.shape[-2:], mode="bilinear", align_corners=False))
-        maps["critic deviation"] = deviation
-        train_deviation = (train_critic - train_critic.mean()).abs() / train_critic.std()
-        train_deviation = smooth(
-            F.interpolate(train_deviation, size=train.shape[-2:], mode="bilinear", align_corners=False)
-        )
+
+        def critic_deviation(logits: torch.Tensor) -> torch.Tensor:
+            return to_image((logits - train_critic.mean()).abs() / train_critic.std())
+
+        maps["critic deviation"] = deviation = critic_deviation(test_critic)
         train_current = model.model.anomaly_map(model.model.invert(train, steps=0, mask_solver="closed_form"))
+        train_deviation = critic_deviation(train_critic)
         maps["current + critic deviation"] = maps["current"] / train_current.quantile(0.99) + deviation / (
             train_deviation.quantile(0.99)
         )

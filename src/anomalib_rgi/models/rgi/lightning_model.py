@@ -134,7 +134,7 @@ class Rgi(AnomalibModule):
         latent_init (str): ``"encoder"`` or ``"pool"`` (authors: best of a random pool).
         pool_size (int): Random pool size for ``latent_init="pool"`` (authors: 1000).
         critic_weight (float): Critic realism weight ``lambda_D`` during inversion (authors: 0.1; our patch
-            critic pulls on z ~200x more weakly than the data term, so it acts from ~20).
+            critic pulls on z 90-320x more weakly than the data term, and no weight helped every prior).
         finetune_steps (int): R-RGI steps with per-image generator fine-tuning (0 = RGI).
         finetune_lr (float): Learning rate of the generator weights in R-RGI (authors: 1e-5).
         map_sigma (float): Gaussian smoothing of the anomaly map in pixels (0 = raw ``|M|``); 4 raised
