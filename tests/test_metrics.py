@@ -90,8 +90,7 @@ def three_images_two_defects() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_pixel_auroc_per_defect_scores_each_type_against_the_good_images():
-    scores, masks, _ = three_images_two_defects()
-    result = pixel_auroc_per_defect(scores, masks, np.array(["good", "hole", "foreign"]))
+    result = pixel_auroc_per_defect(*three_images_two_defects())
     assert list(result) == ["foreign", "hole"]
     assert result["hole"] == pytest.approx(1.0)
     assert result["foreign"] == pytest.approx(6 / 7)  # ranked below 1 of 7 normal pixels
