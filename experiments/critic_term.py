@@ -24,7 +24,7 @@ from prior_grid import METHODS
 from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import load_test_split, split_defect_types
 from anomalib_rgi.metrics import map_quality
-from anomalib_rgi.models.rgi.inversion import closed_form_mask, robust_objective
+from anomalib_rgi.models.rgi.inversion import closed_form_mask, realism, robust_objective
 
 
 def gradient_ratio(model: Rgi, images: torch.Tensor) -> float:
@@ -36,7 +36,7 @@ def gradient_ratio(model: Rgi, images: torch.Tensor) -> float:
     mask = closed_form_mask((scaled - restored).detach(), lam)
     data_term = robust_objective(scaled, restored, mask, lam).sum()
     (data_gradient,) = torch.autograd.grad(data_term, latents, retain_graph=True)
-    (critic_gradient,) = torch.autograd.grad(model.model.critic(restored).flatten(1).mean(1).sum(), latents)
+    (critic_gradient,) = torch.autograd.grad(realism(model.model.critic, restored).sum(), latents)
     return float(data_gradient.norm() / critic_gradient.norm())
 
 

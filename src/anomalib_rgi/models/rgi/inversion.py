@@ -94,6 +94,20 @@ def robust_objective(
     return ((1.0 - mask).square() * residual.square() + lam * mask.abs()).flatten(1).sum(1)
 
 
+def realism(critic: Callable[[torch.Tensor], torch.Tensor], restored: torch.Tensor) -> torch.Tensor:
+    """Compute the critic's mean realism logit per image, ``mean(D(G(z)))``: the authors' prior term.
+
+    Args:
+        critic (Callable): Frozen critic; returns a logit (map) per image.
+        restored (torch.Tensor): ``G(z)``, ``(N, C, H, W)``.
+
+    Returns:
+        torch.Tensor: One value per image, ``(N,)``.
+
+    """
+    return critic(restored).flatten(1).mean(1)
+
+
 def best_of_pool(generator: nn.Module, images: torch.Tensor, pool: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """Pick, for every image, the pool latent whose generated image is nearest in pixel L2.
 
@@ -243,7 +257,7 @@ def invert(
             current_mask = closed_form_mask((target - restored).detach(), lam) if mask_solver == "closed_form" else mask
             loss = robust_objective(target, restored, current_mask, lam)
             if critic is not None and critic_weight:
-                loss = loss - critic_weight * critic(restored).flatten(1).mean(1)
+                loss = loss - critic_weight * realism(critic, restored)
             return loss
 
         params = [latent] + ([mask] if mask_solver == "adam" else [])
