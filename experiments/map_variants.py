@@ -14,7 +14,11 @@ For one trained Rgi prior and one half of the built-in test crops, scores the 0-
   trained to reject the prior's blurred output, so a smooth foreign patch may look fake to it), and
   ``sigmoid(-D(x))`` times ``current``; ``critic deviation``: ``|D(x) - mean D(train)|`` in units of
   the training crops' spread (the critic finds holes MORE real than grass: both directions matter),
-  and its sum with ``current``, each map divided by its 99th percentile on the training crops.
+  and its sum with ``current``, each map divided by its 99th percentile on the training crops;
+- ``residual energy``: the log of the blurred squared residual at scale s, against its mean and
+  spread on the training crops. A smooth foreign patch is reproduced BETTER than normal grass (its
+  residual is below normal), so the ``deviation`` is two-sided and the ``deficit`` counts only the
+  low side; each is also added to ``current`` (both divided by their training 99th percentiles).
 
 Each map is smoothed like Rgi's (``map_sigma``) and reported as pixel AUROC / best dataset Dice, and
 pixel AUROC per defect type (that type's crops and the good crops).
@@ -80,6 +84,25 @@ def maps_to_compare(model: Rgi, images: torch.Tensor, train: torch.Tensor) -> di
         maps["current + critic deviation"] = maps["current"] / train_current.quantile(0.99) + deviation / (
             train_deviation.quantile(0.99)
         )
+        for sigma in (2, 4, 8):
+            energy = GaussianBlur2d(sigma=sigma, channels=1)
+            train_residual = model.model.invert(train, steps=0, mask_solver="none").mask
+            train_log_energy = energy(train_residual.square().mean(1, keepdim=True)).clamp_min(1e-8).log()
+            log_energy = energy(residual.square().mean(1, keepdim=True)).clamp_min(1e-8).log()
+            deviation = (log_energy - train_log_energy.mean()).abs() / train_log_energy.std()
+            train_energy_deviation = (train_log_energy - train_log_energy.mean()).abs() / train_log_energy.std()
+            maps[f"residual energy deviation, scale {sigma}"] = smooth(deviation)
+            maps[f"residual energy deficit, scale {sigma}"] = smooth(train_log_energy.mean() - log_energy)
+            deficit, train_deficit = (
+                smooth((train_log_energy.mean() - e).clamp_min(0) / train_log_energy.std())
+                for e in (log_energy, train_log_energy)
+            )
+            maps[f"current + residual energy deficit, scale {sigma}"] = maps["current"] / train_current.quantile(
+                0.99
+            ) + deficit / train_deficit.quantile(0.99).clamp_min(1e-3)
+            maps[f"current + residual energy deviation, scale {sigma}"] = maps["current"] / train_current.quantile(
+                0.99
+            ) + smooth(deviation) / smooth(train_energy_deviation).quantile(0.99)
     return maps
 
 
