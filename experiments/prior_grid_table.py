@@ -29,6 +29,8 @@ def prior_name(row: dict) -> str:
         name += ", flips"
     if row["latent_channels"] != 8:
         name += f", {row['latent_channels']} latent channels"
+    if row.get("latent_stride", 8) != 8:
+        name += f", latent stride {row['latent_stride']}"
     return name
 
 
