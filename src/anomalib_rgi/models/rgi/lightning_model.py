@@ -142,7 +142,7 @@ class Rgi(AnomalibModule):
         min_sample_diversity (float): Training stops with :class:`ModeCollapseError`, before that
             epoch's checkpoint is written, when the epoch mean of :func:`sample_diversity` stays below
             this (0 switches the check off). Trained priors measure 0.9 to 1.1, fresh ones 1.2 to
-            1.7, a generator that ignores its latent about 0.03; healthy runs can dip to 0.05 in
+            1.7, a generator that ignores its latent about 0.03; healthy runs can dip to 0.005 in
             early epochs and recover (docs/experiments.md).
         collapse_patience (int): Epochs in a row below ``min_sample_diversity`` before training
             stops; a low LAST epoch stops it at once. 20 leaves room over the longest healthy dip
