@@ -80,29 +80,24 @@ def maps_to_compare(model: Rgi, images: torch.Tensor, train: torch.Tensor) -> di
 
         maps["critic deviation"] = deviation = critic_deviation(test_critic)
         train_current = model.model.anomaly_map(model.model.invert(train, steps=0, mask_solver="closed_form"))
-        train_deviation = critic_deviation(train_critic)
-        maps["current + critic deviation"] = maps["current"] / train_current.quantile(0.99) + deviation / (
-            train_deviation.quantile(0.99)
-        )
+
+        def plus_current(extra: torch.Tensor, train_extra: torch.Tensor) -> torch.Tensor:
+            # Each map in units of its own 99th percentile on the training crops, so neither dominates.
+            return maps["current"] / train_current.quantile(0.99) + extra / train_extra.quantile(0.99).clamp_min(1e-3)
+
+        maps["current + critic deviation"] = plus_current(deviation, critic_deviation(train_critic))
+        train_residual = model.model.invert(train, steps=0, mask_solver="none").mask
         for sigma in (2, 4, 8):
             energy = GaussianBlur2d(sigma=sigma, channels=1)
-            train_residual = model.model.invert(train, steps=0, mask_solver="none").mask
             train_log_energy = energy(train_residual.square().mean(1, keepdim=True)).clamp_min(1e-8).log()
             log_energy = energy(residual.square().mean(1, keepdim=True)).clamp_min(1e-8).log()
-            deviation = (log_energy - train_log_energy.mean()).abs() / train_log_energy.std()
-            train_energy_deviation = (train_log_energy - train_log_energy.mean()).abs() / train_log_energy.std()
-            maps[f"residual energy deviation, scale {sigma}"] = smooth(deviation)
-            maps[f"residual energy deficit, scale {sigma}"] = smooth(train_log_energy.mean() - log_energy)
-            deficit, train_deficit = (
-                smooth((train_log_energy.mean() - e).clamp_min(0) / train_log_energy.std())
-                for e in (log_energy, train_log_energy)
-            )
-            maps[f"current + residual energy deficit, scale {sigma}"] = maps["current"] / train_current.quantile(
-                0.99
-            ) + deficit / train_deficit.quantile(0.99).clamp_min(1e-3)
-            maps[f"current + residual energy deviation, scale {sigma}"] = maps["current"] / train_current.quantile(
-                0.99
-            ) + smooth(deviation) / smooth(train_energy_deviation).quantile(0.99)
+            mean, spread = train_log_energy.mean(), train_log_energy.std()
+            deviation, train_deviation = (smooth((e - mean).abs() / spread) for e in (log_energy, train_log_energy))
+            deficit, train_deficit = (smooth((mean - e).clamp_min(0) / spread) for e in (log_energy, train_log_energy))
+            maps[f"residual energy deviation, scale {sigma}"] = deviation
+            maps[f"residual energy deficit, scale {sigma}"] = smooth(mean - log_energy)
+            maps[f"current + residual energy deficit, scale {sigma}"] = plus_current(deficit, train_deficit)
+            maps[f"current + residual energy deviation, scale {sigma}"] = plus_current(deviation, train_deviation)
     return maps
 
 
