@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# One lent-GPU call (issue #5): 16 priors side by side on the one GPU, each scored after 20, 40, 80
-# and 160 epochs by experiments/prior_grid.py. Grass (where RGI loses) gets width 8/16/32,
-# reconstruction weight 10/2, flips, 4 latent channels, most with two seeds; brick and gravel get
-# width 8 and 32. Rows land in $OUT/rows.jsonl, the log in $OUT/session.log, and the trimmed priors of
-# the best grass configurations (validation R-RGI Dice) and of brick/gravel width 32 in $OUT/*.ckpt.
-# GRID=collapse: the second call (below).
+# One lent-GPU call (issue #5): priors side by side on the one GPU, each scored at chosen epochs by
+# experiments/prior_grid.py. Rows land in $OUT/rows.jsonl, the log in $OUT/session.log, and per
+# category the two priors (configuration and epoch) with the best validation R-RGI Dice in
+# $OUT/<name>-e<epoch>.ckpt (trimmed).
+# GRID unset: the first call of 2026-11-26 (16 priors, 160 epochs planned, scored at 20/40/80/160):
+#   grass at width 8/16/32, reconstruction weight 10/2, flips, 4 latent channels; brick and gravel at
+#   width 8 and 32.
+# GRID=collapse: the second call of 2026-11-26 (below).
+# GRID=recon: the reconstruction-weight grid of 2026-11-27 (below).
 #
-#   device run:  bash experiments/gpu_prior_grid.sh
+#   device run:  GRID=... bash experiments/gpu_prior_grid.sh
 #     carry: .whl datasets/rgi_textures/brick datasets/rgi_textures/grass datasets/rgi_textures/gravel
 #     (wheels: see scripts/gpu_session.sh)
-#   rehearsal:   OUT=/tmp/out ACCELERATOR=cpu TINY=1 WHEELS=none bash experiments/gpu_prior_grid.sh
+#   rehearsal:   OUT=/tmp/out ACCELERATOR=cpu TINY=1 WHEELS=none GRID=... bash experiments/gpu_prior_grid.sh
 #                (with the project's environment first on PATH as python3)
 set -u
 OUT=${OUT:-results/gpu_prior_grid}
@@ -60,8 +63,22 @@ if [ "${GRID:-}" = collapse ]; then
         "gravel w8 s3:--category gravel --seed 3 --base-channels 8 $off"
     )
     [ -z "${TINY:-}" ] && SIZE=(--epochs 40 --score-epochs 40)
+elif [ "${GRID:-}" = recon ]; then
+    # Reconstruction weight 2 (the one lever that moved grass, 2026-11-26) and 5 at widths 8/16/32 on
+    # every category, more seeds, scored at 10 and 20 epochs (40 made R-RGI worse everywhere). The check
+    # is off: early dips recover (lab notebook), and the diversity rows are kept.
+    off="--min-sample-diversity 0"
+    configs=()
+    for spec in "grass 32 2 0" "grass 32 2 1" "grass 32 2 2" "grass 32 2 3" "grass 32 5 0" "grass 32 5 1" \
+        "grass 32 1 0" "grass 16 2 2" "grass 16 5 0" \
+        "gravel 32 2 0" "gravel 32 2 1" "gravel 8 2 0" "gravel 8 2 1" "gravel 16 2 0" "gravel 32 5 0" \
+        "brick 32 2 0" "brick 32 2 1" "brick 8 2 0" "brick 16 2 0" "brick 32 5 0"; do
+        read -r category width weight seed <<<"$spec"
+        configs+=("$category w$width rw$weight s$seed:--category $category --seed $seed --base-channels $width --reconstruction-weight $weight $off")
+    done
+    [ -z "${TINY:-}" ] && SIZE=(--epochs 20 --score-epochs 10 20)
 fi
-[ -n "${TINY:-}" ] && configs=("${configs[0]}" "${configs[3]}")
+[ -n "${TINY:-}" ] && configs=("${configs[0]}" "${configs[-1]}")
 mkdir -p "$WORK/logs" "$WORK/priors"
 log "grid: ${#configs[@]} priors on $ACCELERATOR"
 jobs=()
@@ -69,7 +86,7 @@ for config in "${configs[@]}"; do
     name=${config%%:*}; name=${name// /-}
     # shellcheck disable=SC2086  (the options are words)
     timeout "$GRID_SECONDS" python3 experiments/prior_grid.py ${config#*:} --accelerator "$ACCELERATOR" \
-        --data-root "$DATA" "${SIZE[@]}" --save "$WORK/priors/$name.ckpt" >"$WORK/logs/$name.log" 2>&1 &
+        --data-root "$DATA" "${SIZE[@]}" --save "$WORK/priors/$name-e{epoch}.ckpt" >"$WORK/logs/$name.log" 2>&1 &
     jobs+=($!)
 done
 wait "${jobs[@]}"  # not a bare wait: that would also wait for the tee of the log
@@ -83,22 +100,21 @@ python3 - "$OUT/rows.jsonl" "$WORK/priors" "$OUT" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
 rows = [json.loads(line) for line in open(sys.argv[1])]
-key = lambda r: (r["category"], r["base_channels"], r["reconstruction_weight"], r["flips"], r["latent_channels"], r["seed"])
-latest = {}
-for r in rows:
-    if r.get("half") == "validation" and r["method"].startswith("R-RGI") and r["epoch"] >= latest.get(key(r), {}).get("epoch", 0):
-        latest[key(r)] = r
-ranked = sorted(latest.values(), key=lambda r: (r["category"], -r["best_dataset_dice"]))
-for r in ranked:
-    print("validation R-RGI", *key(r), "min diversity", min(q["sample_diversity"] for q in rows if "sample_diversity" in q and key(q) == key(r)), "epoch", r["epoch"], "Dice", r["best_dataset_dice"], "AUROC", r["pixel_auroc"])
+config = lambda r: (r["category"], r["base_channels"], r["reconstruction_weight"], r["flips"], r["latent_channels"], r.get("latent_stride", 8), r["seed"])
 def name(r):
-    extra = ("-rw2" if r["reconstruction_weight"] == 2 else "") + ("-flips" if r["flips"] else "") + ("-lc4" if r["latent_channels"] == 4 else "")
-    return f"{r['category']}-w{r['base_channels']}{extra}-s{r['seed']}"
-keep = [name(r) for r in ranked if r["category"] == "grass"][:4] + ["gravel-w32-s0", "brick-w32-s0"]
-for kept in keep:
-    path = Path(sys.argv[2]) / f"{kept}.ckpt"
-    if path.is_file():
-        shutil.copy(path, Path(sys.argv[3]) / path.name)
-        print("kept", path.name, path.stat().st_size // 1024, "KiB")
+    category, width, weight, flips, latent, stride, seed = config(r)
+    extra = (f"-rw{weight:g}" if weight != 10 else "") + ("-flips" if flips else "") + (f"-lc{latent}" if latent != 8 else "") + (f"-st{stride}" if stride != 8 else "")
+    return f"{category}-w{width}{extra}-s{seed}-e{r['epoch']}"
+scored = [r for r in rows if r.get("half") == "validation" and r["method"].startswith("R-RGI")]
+ranked = sorted(scored, key=lambda r: (r["category"], -r["best_dataset_dice"]))
+for r in ranked:
+    low = min((q["sample_diversity"] for q in rows if "sample_diversity" in q and config(q) == config(r)), default=None)
+    print("validation R-RGI", name(r), "min diversity", low, "Dice", r["best_dataset_dice"], "AUROC", r["pixel_auroc"])
+for category in sorted({r["category"] for r in ranked}):
+    for r in [r for r in ranked if r["category"] == category][:2]:
+        path = Path(sys.argv[2]) / f"{name(r)}.ckpt"
+        if path.is_file():
+            shutil.copy(path, Path(sys.argv[3]) / path.name)
+            print("kept", path.name, path.stat().st_size // 1024, "KiB")
 EOF
 log "done"

@@ -7,7 +7,8 @@ more steps that also fine-tune G, lr 1e-4: the peer table's rows), and prints on
 and method: pixel AUROC, best dataset Dice and pixel AUROC per defect type; after every epoch, a
 row with the generator's sample diversity (the mode-collapse statistic). Scoring runs with the
 random state saved and restored, so the prior trains as it would without it. The prior is
-saved without its optimiser states after each scored epoch (``--save``; loads with
+saved without its optimiser states after each scored epoch (``--save``, which may name ``{epoch}`` to
+keep every scored epoch's prior; loads with
 ``Rgi.load_from_checkpoint``; its thresholds are unset: validate before testing).
 
 python experiments/prior_grid.py --category grass --base-channels 32 --epochs 160 --score-epochs 40 80 160
@@ -81,8 +82,9 @@ class ScoreAtEpochs(Callback):
                     print(json.dumps(row), flush=True)
         if self.save:
             # At every scored epoch, so a run stopped by a time limit still leaves its last scored prior.
-            Path(self.save).parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(self.save, weights_only=True)
+            path = Path(self.save.format(epoch=epoch))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(path, weights_only=True)
         self.scoring_seconds += time.time() - scoring_start
 
 
@@ -101,7 +103,9 @@ def main() -> None:
     parser.add_argument("--score-epochs", type=int, nargs="+", default=None, help="default: the last epoch")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--data-root", default="datasets/rgi_textures")
-    parser.add_argument("--save", default=None, help="path of the trained prior (optimiser states dropped)")
+    parser.add_argument(
+        "--save", default=None, help="path of the trained prior, no optimiser states; {epoch}: one per scored epoch"
+    )
     parser.add_argument("--tiny", action="store_true", help="32 px crops, tiny networks: a smoke test")
     args = parser.parse_args()
 
