@@ -69,10 +69,9 @@ elif [ "${GRID:-}" = recon ]; then
     # is off: early dips recover (lab notebook), and the diversity rows are kept.
     off="--min-sample-diversity 0"
     configs=()
-    for spec in "grass 32 2 0" "grass 32 2 1" "grass 32 2 2" "grass 32 2 3" "grass 32 5 0" "grass 32 5 1" \
-        "grass 32 1 0" "grass 16 2 2" "grass 16 5 0" \
-        "gravel 32 2 0" "gravel 32 2 1" "gravel 8 2 0" "gravel 8 2 1" "gravel 16 2 0" "gravel 32 5 0" \
-        "brick 32 2 0" "brick 32 2 1" "brick 8 2 0" "brick 16 2 0" "brick 32 5 0"; do
+    # SPECS="category width weight seed;...": another list (the second call: more seeds of the winners).
+    IFS=';' read -r -a specs <<<"${SPECS:-grass 32 2 0;grass 32 2 1;grass 32 2 2;grass 32 2 3;grass 32 5 0;grass 32 5 1;grass 32 1 0;grass 16 2 2;grass 16 5 0;gravel 32 2 0;gravel 32 2 1;gravel 8 2 0;gravel 8 2 1;gravel 16 2 0;gravel 32 5 0;brick 32 2 0;brick 32 2 1;brick 8 2 0;brick 16 2 0;brick 32 5 0}"
+    for spec in "${specs[@]}"; do
         read -r category width weight seed <<<"$spec"
         configs+=("$category w$width rw$weight s$seed:--category $category --seed $seed --base-channels $width --reconstruction-weight $weight $off")
     done

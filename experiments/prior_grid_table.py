@@ -3,6 +3,11 @@
 Cells are pixel AUROC / best dataset Dice for each half and method, then the test half's pixel AUROC
 on foreign material (the defect type RGI misses on grass) at the encoder's start.
 
+``--selection``: instead, how well the validation half picks priors. Per category, the Spearman rank
+correlation of each method's validation Dice with R-RGI's test Dice over all (prior, seed, epoch); the
+(prior, seed, epoch) with the best validation R-RGI Dice and its test row; and, for every (prior, seed)
+scored at several epochs, the test Dice gained by taking the epoch that validates best instead of the last.
+
 python experiments/prior_grid_table.py docs/results/prior-grid-gpu-2026-11-26/*.jsonl
 """
 
@@ -12,6 +17,8 @@ import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
+
+from scipy.stats import spearmanr
 
 METHODS = {
     "RGI 0 steps, closed form": "RGI 0 steps",
@@ -34,13 +41,54 @@ def prior_name(row: dict) -> str:
     return name
 
 
+def print_selection(scored: list[dict]) -> None:
+    """Print how well validation Dice picks priors and epochs (see the module docstring)."""
+    dice = {}
+    for row in scored:
+        prior = (row["category"], prior_name(row), row["seed"])
+        dice[(*prior, row["epoch"], row["half"], METHODS[row["method"]])] = row
+    runs = sorted({key[:4] for key in dice})
+    for category in sorted({run[0] for run in runs}):
+        chosen = [run for run in runs if run[0] == category]
+        test = [dice[(*run, "test", "R-RGI")]["best_dataset_dice"] for run in chosen]
+        rank = {
+            method: spearmanr([dice[(*run, "validation", method)]["best_dataset_dice"] for run in chosen], test)[0]
+            for method in METHODS.values()
+        }
+        print(f"{category}: {len(chosen)} (prior, seed, epoch); validation Dice vs test R-RGI Dice, Spearman:")
+        print("  " + ", ".join(f"{method} {value:.2f}" for method, value in rank.items()))
+        best = max(chosen, key=lambda run: dice[(*run, "validation", "R-RGI")]["best_dataset_dice"])
+        row = dice[(*best, "test", "R-RGI")]
+        print(
+            f"  best on validation: {best[1]}, seed {best[2]}, epoch {best[3]}: test R-RGI "
+            f"{row['pixel_auroc']:.3f} / {row['best_dataset_dice']:.3f}"
+        )
+    gains = []
+    for prior in sorted({run[:3] for run in runs}):
+        epochs = [run[3] for run in runs if run[:3] == prior]
+        if len(epochs) > 1:
+            picked = max(epochs, key=lambda epoch: dice[(*prior, epoch, "validation", "R-RGI")]["best_dataset_dice"])
+            test = {epoch: dice[(*prior, epoch, "test", "R-RGI")]["best_dataset_dice"] for epoch in epochs}
+            gains.append(test[picked] - test[max(epochs)])
+    if gains:
+        print(
+            f"epoch chosen by validation R-RGI Dice instead of the last: {len(gains)} (prior, seed), test R-RGI Dice "
+            f"{sum(gains) / len(gains):+.3f} on average; better {sum(g > 0 for g in gains)}, worse "
+            f"{sum(g < 0 for g in gains)}, same {sum(g == 0 for g in gains)}"
+        )
+
+
 def main() -> None:
-    """Print the table."""
+    """Print the table, or the selection figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rows", nargs="+", type=Path)
+    parser.add_argument("--selection", action="store_true", help="how well the validation half picks priors")
     args = parser.parse_args()
     rows = [json.loads(line) for path in args.rows for line in path.read_text().splitlines()]
     scored = [row for row in rows if "pixel_auroc" in row]
+    if args.selection:
+        print_selection(scored)
+        return
     cells, seeds = defaultdict(list), defaultdict(set)
     for row in scored:
         key = (row["category"], prior_name(row), row["epoch"])
