@@ -372,6 +372,13 @@ class Rgi(AnomalibModule):
         if self._best_epoch is None or score > self._best_epoch["score"]:
             state = {name: value.detach().cpu().clone() for name, value in self.state_dict().items()}
             self._best_epoch = {"epoch": self.current_epoch, "score": score, "state": state}
+        logger.info(
+            "Rgi: epoch %d validates at val_pixel_F1Max %.3f (best so far: epoch %d, %.3f).",
+            self.current_epoch,
+            score,
+            self._best_epoch["epoch"],
+            self._best_epoch["score"],
+        )
         if not last_epoch:
             return
         best = self._best_epoch
