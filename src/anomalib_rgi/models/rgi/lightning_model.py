@@ -150,9 +150,10 @@ class Rgi(AnomalibModule):
         select_epoch_every (int): 0: the prior is the last epoch's. N: validate every N epochs (N must
             divide ``max_epochs``) and keep the epoch whose validation ``val_pixel_F1Max`` (dataset-level
             Dice at the best threshold, with this model's own scoring) is highest, weights and learned
-            thresholds together; the validation set needs defect masks. On 43 GPU-trained priors the
-            chosen epoch of two (10, 20) gave +0.043 test Dice over the last one on average, worse in 5
-            (docs/experiments.md). Each validation costs one scoring of the validation set.
+            thresholds together; the validation set needs defect masks. Over 43 GPU-trained priors
+            scored at two epochs (10 and 20, or 20 and 40), the better-validating one gave +0.043 test
+            R-RGI Dice over the last on average, worse in 5 (docs/experiments.md). Each validation costs
+            one scoring of the validation set.
         pre_processor (PreProcessor | bool): Pre-processor; ``True`` resizes to ``image_size``.
         post_processor (PostProcessor | bool): Post-processor; ``True`` for anomalib's default.
         evaluator (Evaluator | bool): Evaluator; ``True`` adds Dice to anomalib's metrics.
