@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from anomalib.data import AnomalibDataModule, get_datamodule
 from anomalib.models import AnomalibModule, EfficientAd, Padim, get_model
 from jsonargparse._typehints import resolve_class_path_by_name
@@ -138,6 +139,21 @@ def test_stock_anomalib_command_trains_tests_and_predicts(tiny_data_root, tmp_pa
         assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
     assert next(export_root.rglob("model.onnx")).stat().st_size > 0
     assert next(export_root.rglob("model.xml")).stat().st_size > 0
+
+
+def test_stock_anomalib_command_applies_its_seed(tiny_data_root, tmp_path):
+    """anomalib 2.7's command declares seed_everything but never applied it: runs of one config differed."""
+
+    def train(seed: int, name: str) -> dict:
+        arguments = [*_tiny_arguments(tiny_data_root, "rgi"), "--seed_everything", str(seed)]
+        result = _cli("train", *arguments, "--default_root_dir", str(tmp_path / name), cwd=tmp_path)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        checkpoint = next((tmp_path / name).rglob("model.ckpt"))
+        return torch.load(checkpoint, weights_only=False)["state_dict"]
+
+    first, again, other = train(0, "first"), train(0, "again"), train(1, "other")
+    assert all(torch.equal(value, again[name]) for name, value in first.items())
+    assert not torch.equal(first["model.generator.net.0.weight"], other["model.generator.net.0.weight"])
 
 
 def test_anomalib_benchmark_runs_rgi_and_reports_dice(tiny_data_root, tmp_path):

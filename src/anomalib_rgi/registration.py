@@ -16,6 +16,12 @@ images are read at full range instead of clipped to white, unreadable files and 
 size raise errors that name the file. For 8-bit images nothing changes. And it makes anomalib
 datamodules score every validation/test image exactly once under DDP (:mod:`anomalib_rgi.data.distributed`).
 
+Host fix: anomalib 2.7's command declares ``seed_everything`` (in the configs and ``--seed_everything``)
+but never applies it, so every ``anomalib train`` ran on an unseeded random state: two runs of one
+config gave different priors. :func:`patch_cli_seed` seeds as Lightning's own CLI does (an int: that
+seed; ``True``, the default: a random seed, written back into the config; ``False``: none), before
+the model and data are built.
+
 The installed ``anomalib_rgi.pth`` calls :func:`register` right after a program first imports
 ``anomalib.models`` (see ``_anomalib_rgi_autoload``); set ``ANOMALIB_RGI_AUTOREGISTER=0`` to turn that
 off and call ``anomalib_rgi.register()`` (or ``import anomalib_rgi``) yourself.
@@ -23,6 +29,7 @@ off and call ``anomalib_rgi.register()`` (or ``import anomalib_rgi``) yourself.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from importlib import import_module
 from typing import Any
@@ -66,6 +73,28 @@ def _patch_cli_name_resolution() -> None:
             module.resolve_class_path_by_name = _case_insensitive(current)
 
 
+def patch_cli_seed(cli_module: Any) -> None:  # noqa: ANN401
+    """Make ``anomalib.cli.cli.AnomalibCLI`` apply its ``seed_everything`` setting. Idempotent."""
+    cli = cli_module.AnomalibCLI
+    before = cli.before_instantiate_classes
+    if getattr(before, _PATCH_MARK, False):
+        return
+
+    def before_instantiate_classes(self: Any) -> None:  # noqa: ANN401
+        before(self)
+        from lightning.pytorch import seed_everything  # noqa: PLC0415
+
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand, self.config) if subcommand else self.config
+        seed = config.get("seed_everything", True)
+        if seed is False or seed is None:
+            return
+        config["seed_everything"] = seed_everything(None if seed is True else int(seed), workers=True)
+
+    setattr(before_instantiate_classes, _PATCH_MARK, True)
+    cli.before_instantiate_classes = before_instantiate_classes
+
+
 def register() -> None:
     """Expose ``Rgi`` and ``RgiTextures`` to anomalib's model/data look-ups and CLI. Idempotent."""
     from anomalib_rgi.data import RgiTextures, distributed, image_io  # noqa: PLC0415
@@ -76,5 +105,8 @@ def register() -> None:
     import_module("anomalib.models").Rgi = Rgi
     import_module("anomalib.data").RgiTextures = RgiTextures
     _patch_cli_name_resolution()
+    cli = sys.modules.get("anomalib.cli.cli")
+    if cli is not None and hasattr(cli, "AnomalibCLI"):
+        patch_cli_seed(cli)
     image_io.install()
     distributed.install()
