@@ -43,22 +43,22 @@ def prior_name(row: dict) -> str:
 
 def print_selection(scored: list[dict]) -> None:
     """Print how well validation Dice picks priors and epochs (see the module docstring)."""
-    dice = {}
+    by_key = {}
     for row in scored:
         prior = (row["category"], prior_name(row), row["seed"])
-        dice[(*prior, row["epoch"], row["half"], METHODS[row["method"]])] = row
-    runs = sorted({key[:4] for key in dice})
+        by_key[(*prior, row["epoch"], row["half"], METHODS[row["method"]])] = row
+    runs = sorted({key[:4] for key in by_key})
     for category in sorted({run[0] for run in runs}):
         chosen = [run for run in runs if run[0] == category]
-        test = [dice[(*run, "test", "R-RGI")]["best_dataset_dice"] for run in chosen]
+        test = [by_key[(*run, "test", "R-RGI")]["best_dataset_dice"] for run in chosen]
         rank = {
-            method: spearmanr([dice[(*run, "validation", method)]["best_dataset_dice"] for run in chosen], test)[0]
+            method: spearmanr([by_key[(*run, "validation", method)]["best_dataset_dice"] for run in chosen], test)[0]
             for method in METHODS.values()
         }
         print(f"{category}: {len(chosen)} (prior, seed, epoch); validation Dice vs test R-RGI Dice, Spearman:")
         print("  " + ", ".join(f"{method} {value:.2f}" for method, value in rank.items()))
-        best = max(chosen, key=lambda run: dice[(*run, "validation", "R-RGI")]["best_dataset_dice"])
-        row = dice[(*best, "test", "R-RGI")]
+        best = max(chosen, key=lambda run: by_key[(*run, "validation", "R-RGI")]["best_dataset_dice"])
+        row = by_key[(*best, "test", "R-RGI")]
         print(
             f"  best on validation: {best[1]}, seed {best[2]}, epoch {best[3]}: test R-RGI "
             f"{row['pixel_auroc']:.3f} / {row['best_dataset_dice']:.3f}"
@@ -67,8 +67,8 @@ def print_selection(scored: list[dict]) -> None:
     for prior in sorted({run[:3] for run in runs}):
         epochs = [run[3] for run in runs if run[:3] == prior]
         if len(epochs) > 1:
-            picked = max(epochs, key=lambda epoch: dice[(*prior, epoch, "validation", "R-RGI")]["best_dataset_dice"])
-            test = {epoch: dice[(*prior, epoch, "test", "R-RGI")]["best_dataset_dice"] for epoch in epochs}
+            picked = max(epochs, key=lambda epoch: by_key[(*prior, epoch, "validation", "R-RGI")]["best_dataset_dice"])
+            test = {epoch: by_key[(*prior, epoch, "test", "R-RGI")]["best_dataset_dice"] for epoch in epochs}
             gains.append(test[picked] - test[max(epochs)])
     if gains:
         print(

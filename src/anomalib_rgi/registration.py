@@ -86,7 +86,7 @@ def patch_cli_seed(cli_module: Any) -> None:  # noqa: ANN401
 
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand, self.config) if subcommand else self.config
-        seed = config.get("seed_everything") if "seed_everything" in config else False
+        seed = config.get("seed_everything", False)
         if seed is False or seed is None:  # subcommands without the setting (install, pipelines) are left alone
             return
         config["seed_everything"] = seed_everything(None if seed is True else int(seed), workers=True)
