@@ -73,7 +73,9 @@ elif [ "${GRID:-}" = recon ]; then
     IFS=';' read -r -a specs <<<"${SPECS:-grass 32 2 0;grass 32 2 1;grass 32 2 2;grass 32 2 3;grass 32 5 0;grass 32 5 1;grass 32 1 0;grass 16 2 2;grass 16 5 0;gravel 32 2 0;gravel 32 2 1;gravel 8 2 0;gravel 8 2 1;gravel 16 2 0;gravel 32 5 0;brick 32 2 0;brick 32 2 1;brick 8 2 0;brick 16 2 0;brick 32 5 0}"
     for spec in "${specs[@]}"; do
         read -r category width weight seed <<<"$spec"
-        configs+=("$category w$width rw$weight s$seed:--category $category --seed $seed --base-channels $width --reconstruction-weight $weight $off")
+        name="$category w$width"
+        [ "$weight" != 10 ] && name+=" rw$weight"  # the default weight is not in the name (as the kept files' names)
+        configs+=("$name s$seed:--category $category --seed $seed --base-channels $width --reconstruction-weight $weight $off")
     done
     [ -z "${TINY:-}" ] && SIZE=(--epochs 20 --score-epochs 10 20)
 fi
