@@ -8,6 +8,7 @@
 #   width 8 and 32.
 # GRID=collapse: the second call of 2026-11-26 (below).
 # GRID=recon: the reconstruction-weight grid of 2026-11-27 (below).
+# GRID=epochs: the default prior's epoch curve over seeds, 2026-11-27 (below).
 #
 #   device run:  GRID=... bash experiments/gpu_prior_grid.sh
 #     carry: .whl datasets/rgi_textures/brick datasets/rgi_textures/grass datasets/rgi_textures/gravel
@@ -78,6 +79,17 @@ elif [ "${GRID:-}" = recon ]; then
         configs+=("$name s$seed:--category $category --seed $seed --base-channels $width --reconstruction-weight $weight $off")
     done
     [ -z "${TINY:-}" ] && SIZE=(--epochs 20 --score-epochs 10 20)
+elif [ "${GRID:-}" = epochs ]; then
+    # The default prior (width 8, reconstruction weight 10), seeds 0-4 on every category, scored every 10
+    # epochs to 40: which epoch count should configs/rgi.yaml and rrgi.yaml train for, and what does
+    # select_epoch_every 10 gain over the last epoch, over seeds rather than one draw (2026-11-27).
+    configs=()
+    for category in brick grass gravel; do
+        for seed in ${SEEDS:-0 1 2 3 4}; do
+            configs+=("$category w8 s$seed:--category $category --seed $seed --base-channels 8 --min-sample-diversity 0")
+        done
+    done
+    [ -z "${TINY:-}" ] && SIZE=(--epochs 40 --score-epochs 10 20 30 40)
 fi
 [ -n "${TINY:-}" ] && configs=("${configs[0]}" "${configs[-1]}")
 mkdir -p "$WORK/logs" "$WORK/priors"
