@@ -90,6 +90,9 @@ elif [ "${GRID:-}" = epochs ]; then
         done
     done
     [ -z "${TINY:-}" ] && SIZE=(--epochs 40 --score-epochs 10 20 30 40)
+    # GRID_FINETUNE=1: the same priors, R-RGI also with 50 fine-tuning steps after the 200 Adam steps and
+    # with 50 from the encoder start (closed-form mask): is 100 steps at lr 1e-4 the right R-RGI default?
+    [ -n "${GRID_FINETUNE:-}" ] && SIZE+=(--finetune-variants 200+50@1e-4 0+50@1e-4)
 fi
 [ -n "${TINY:-}" ] && configs=("${configs[0]}" "${configs[-1]}")
 mkdir -p "$WORK/logs" "$WORK/priors"
@@ -118,7 +121,7 @@ def name(r):
     category, width, weight, flips, latent, stride, seed = config(r)
     extra = (f"-rw{weight:g}" if weight != 10 else "") + ("-flips" if flips else "") + (f"-lc{latent}" if latent != 8 else "") + (f"-st{stride}" if stride != 8 else "")
     return f"{category}-w{width}{extra}-s{seed}-e{r['epoch']}"
-scored = [r for r in rows if r.get("half") == "validation" and r["method"].startswith("R-RGI")]
+scored = [r for r in rows if r.get("half") == "validation" and r["method"] == "R-RGI (+100 fine-tuning steps)"]
 ranked = sorted(scored, key=lambda r: (r["category"], -r["best_dataset_dice"]))
 for r in ranked:
     low = min((q["sample_diversity"] for q in rows if "sample_diversity" in q and config(q) == config(r)), default=None)

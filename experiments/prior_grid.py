@@ -3,7 +3,8 @@
 Trains Rgi on one built-in category with the given network and loss settings. After each epoch in
 ``--score-epochs`` it scores both halves of the test crops (choose on ``validation``, report ``test``)
 with RGI at the encoder's start (0 steps, closed-form mask), RGI (200 Adam steps) and R-RGI (100
-more steps that also fine-tune G, lr 1e-4: the peer table's rows), and prints one JSON row per half
+more steps that also fine-tune G, lr 1e-4: the peer table's rows; ``--finetune-variants`` adds other
+R-RGI settings), and prints one JSON row per half
 and method: pixel AUROC, best dataset Dice and pixel AUROC per defect type; after every epoch, a
 row with the generator's sample diversity (the mode-collapse statistic). Scoring runs with the
 random state saved and restored, so the prior trains as it would without it. The prior is
@@ -44,9 +45,8 @@ METHODS = {
 class ScoreAtEpochs(Callback):
     """Print score rows after the chosen training epochs."""
 
-    def __init__(self, epochs: list[int], halves: dict, row: dict, finetune_steps: int, save: str | None) -> None:
-        self.epochs, self.halves, self.row, self.finetune_steps = set(epochs), halves, row, finetune_steps
-        self.save = save
+    def __init__(self, epochs: list[int], halves: dict, row: dict, methods: dict, save: str | None) -> None:
+        self.epochs, self.halves, self.row, self.methods, self.save = set(epochs), halves, row, methods, save
         self.start, self.scoring_seconds = time.time(), 0.0
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -63,10 +63,7 @@ class ScoreAtEpochs(Callback):
         device = pl_module.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for half, (images, masks, defects) in self.halves.items():
-                for method, method_settings in METHODS.items():
-                    settings = dict(method_settings)
-                    if settings["finetune_steps"]:
-                        settings["finetune_steps"] = self.finetune_steps
+                for method, settings in self.methods.items():
                     start = time.time()
                     result = pl_module.model.invert(images.to(device), **settings)
                     scores = pl_module.model.anomaly_map(result)[:, 0].detach().cpu().numpy()
@@ -106,8 +103,32 @@ def main() -> None:
     parser.add_argument(
         "--save", default=None, help="path of the trained prior, no optimiser states; {epoch}: one per scored epoch"
     )
+    parser.add_argument(
+        "--finetune-variants",
+        nargs="*",
+        default=[],
+        metavar="STEPS+FINETUNE@LR",
+        help="more R-RGI scorings, e.g. 200+50@1e-4 (Adam steps, then fine-tuning steps at LR); 0+50@1e-4 starts "
+        "at the encoder with the closed-form mask",
+    )
     parser.add_argument("--tiny", action="store_true", help="32 px crops, tiny networks: a smoke test")
     args = parser.parse_args()
+    methods = {name: dict(settings) for name, settings in METHODS.items()}
+    for variant in args.finetune_variants:
+        steps, rest = variant.split("+")
+        finetune, lr = rest.split("@")
+        solver = "closed_form" if int(steps) == 0 else "adam"
+        name = f"R-RGI ({steps} steps +{finetune} fine-tuning, lr {float(lr):g})"
+        methods[name] = {
+            "steps": int(steps),
+            "mask_solver": solver,
+            "finetune_steps": int(finetune),
+            "finetune_lr": float(lr),
+        }
+    if args.tiny:
+        for settings in methods.values():
+            settings["finetune_steps"] = min(settings["finetune_steps"], 2)
+            settings["steps"] = min(settings.get("steps", 3), 3)
 
     seed_everything(args.seed)
     flips = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]) if args.flips else None
@@ -129,7 +150,7 @@ def main() -> None:
         images, masks = load_test_split(args.data_root, args.category, half=half)
         halves[half] = (images, masks, split_defect_types(args.data_root, args.category, half=half))
     row = {"category": args.category, "seed": args.seed, "flips": args.flips, **network}
-    callback = ScoreAtEpochs(args.score_epochs or [args.epochs], halves, row, 2 if args.tiny else 100, args.save)
+    callback = ScoreAtEpochs(args.score_epochs or [args.epochs], halves, row, methods, args.save)
     engine = Engine(
         default_root_dir=Path("results/prior_grid") / f"{args.category}-{time.time_ns()}",
         logger=False,

@@ -8,6 +8,11 @@ correlation of each method's validation Dice with R-RGI's test Dice over all (pr
 (prior, seed, epoch) with the best validation R-RGI Dice and its test row; and, for every (prior, seed)
 scored at several epochs, the test Dice gained by taking the epoch that validates best instead of the last.
 
+``--choice``: what a user would get, per category, prior and method, as test pixel AUROC / best Dice averaged
+over seeds: training for E epochs and keeping the last; validating at every scored epoch up to E and
+keeping the best (``Rgi(select_epoch_every=...)``, chosen by the method's own validation Dice); and that
+choice over k seeds too (the best-validating (seed, epoch), averaged over every k-subset of the seeds).
+
 python experiments/prior_grid_table.py docs/results/prior-grid-gpu-2026-11-26/*.jsonl
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from itertools import combinations
 from pathlib import Path
 
 from scipy.stats import spearmanr
@@ -78,14 +84,63 @@ def print_selection(scored: list[dict]) -> None:
         )
 
 
+def print_choice(scored: list[dict]) -> None:
+    """Print the test figures of keeping the last epoch, the best-validating epoch and seed (module docstring)."""
+    by_key = {}
+    for row in scored:
+        method = METHODS.get(row["method"], row["method"])  # --finetune-variants rows keep their full name
+        by_key[(row["category"], prior_name(row), method, row["half"], row["seed"], row["epoch"])] = row
+    print(
+        "| category | prior | method | epochs E | seeds | last epoch | best-validating epoch <= E | "
+        + "best-validating seed and epoch, k = 2, 3, ... seeds |"
+    )
+    print("|---" * 8 + "|")
+
+    def test(group: tuple, seed: int, epoch: int) -> tuple[float, float]:
+        row = by_key[(*group, "test", seed, epoch)]
+        return row["pixel_auroc"], row["best_dataset_dice"]
+
+    def mean(pairs: list[tuple[float, float]]) -> str:
+        return f"{sum(p[0] for p in pairs) / len(pairs):.3f} / {sum(p[1] for p in pairs) / len(pairs):.3f}"
+
+    for group in sorted({key[:3] for key in by_key}):
+        seeds = sorted({key[4] for key in by_key if key[:3] == group})
+        epochs = sorted({key[5] for key in by_key if key[:3] == group})
+        for last in epochs:
+            candidates = [(seed, epoch) for seed in seeds for epoch in epochs if epoch <= last]
+            valid = {run: by_key[(*group, "validation", *run)]["best_dataset_dice"] for run in candidates}
+            per_seed = [max((run for run in candidates if run[0] == seed), key=valid.get) for seed in seeds]
+            subsets = [
+                mean(
+                    [
+                        test(group, *max((run for run in candidates if run[0] in subset), key=valid.get))
+                        for subset in combinations(seeds, k)
+                    ]
+                )
+                for k in range(2, len(seeds) + 1)
+            ]
+            kept_last = mean([test(group, seed, last) for seed in seeds])
+            kept_best = mean([test(group, *run) for run in per_seed])
+            print(
+                f"| {group[0]} | {group[1]} | {group[2]} | {last} | {len(seeds)} | {kept_last} | {kept_best} | "
+                + ", ".join(subsets)
+                + " |"
+            )
+
+
 def main() -> None:
     """Print the table, or the selection figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rows", nargs="+", type=Path)
     parser.add_argument("--selection", action="store_true", help="how well the validation half picks priors")
+    parser.add_argument("--choice", action="store_true", help="last epoch vs best-validating epoch and seed")
     args = parser.parse_args()
     rows = [json.loads(line) for path in args.rows for line in path.read_text().splitlines()]
     scored = [row for row in rows if "pixel_auroc" in row]
+    if args.choice:
+        print_choice(scored)
+        return
+    scored = [row for row in scored if row["method"] in METHODS]
     if args.selection:
         print_selection(scored)
         return

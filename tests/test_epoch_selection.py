@@ -47,12 +47,24 @@ def test_the_best_validated_epoch_is_kept_in_memory_and_on_disk(tiny_data_root, 
     saved = torch.load(checkpoint, weights_only=False)
     assert _same(saved["state_dict"], snapshots.states[kept])
     assert "rgi_best_epoch" not in saved  # no second copy of the weights in the final file
+    assert Rgi.kept_validation(checkpoint) == {"epoch": kept, "val_pixel_F1Max": scores[kept]}
 
 
 def test_validation_dice_chooses_the_epoch(tiny_data_root, tmp_path):
     engine, _, _ = fit_tiny(tiny_data_root, tmp_path, max_epochs=2, select_epoch_every=1)
     assert 0 < float(engine.trainer.callback_metrics["val_pixel_F1Max"]) <= 1
     assert float(engine.trainer.callback_metrics["selected_epoch"]) in {0.0, 1.0}
+
+
+def test_without_selection_the_checkpoint_records_the_last_epochs_validation(tiny_data_root, tmp_path):
+    engine, _, _ = fit_tiny(tiny_data_root, tmp_path, max_epochs=2)
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    kept = Rgi.kept_validation(checkpoint)
+    assert kept == {
+        "epoch": 1,
+        "val_pixel_F1Max": pytest.approx(float(engine.trainer.callback_metrics["val_pixel_F1Max"])),
+    }
+    assert 0 < kept["val_pixel_F1Max"] <= 1
 
 
 def test_a_resumed_fit_can_go_back_to_an_epoch_before_the_interruption(tiny_data_root, tmp_path, monkeypatch):
