@@ -300,7 +300,8 @@ def main() -> None:
     parser.add_argument("--out", default="results/peers")
     parser.add_argument("--ganomaly-epochs", type=int, default=15)
     parser.add_argument("--draem-epochs", type=int, default=2, help="97M weights: ~5 min per epoch on 2 CPU cores")
-    parser.add_argument("--finetune-steps", type=int, default=100)
+    # As configs/rrgi.yaml; the tables made before 2026-11-27 (session 11) used 100.
+    parser.add_argument("--finetune-steps", type=int, default=50)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

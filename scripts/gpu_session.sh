@@ -29,8 +29,9 @@ fi
 log "peers: brick, grass, gravel side by side on $ACCELERATOR"
 peers=()
 for category in brick grass gravel; do
+    # --finetune-steps 100: the R-RGI setting of the 2026-11-26 table this call made (since then 50).
     timeout "$PEERS_SECONDS" python3 scripts/compare_peers.py --accelerator "$ACCELERATOR" --categories $category \
-        --data-root "$DATA" --out "$WORK/peers/$category" "${SIZE[@]}" >"$WORK/peers-$category.log" 2>&1 &
+        --finetune-steps 100 --data-root "$DATA" --out "$WORK/peers/$category" "${SIZE[@]}" >"$WORK/peers-$category.log" 2>&1 &
     peers+=($!)
 done
 
