@@ -2,8 +2,9 @@
 
 Which seed a prior comes from moves its Dice as much as the epoch does (docs/experiments.md,
 2026-11-27, R-RGI as configs/rrgi.yaml: the best-validating of 5 seeds gave test Dice 0.477 on gravel,
-0.680 on brick, against 0.447 and 0.653 on average over the seeds, the epoch chosen in both). ``select_epoch_every`` chooses the epoch
-inside one fit; this loop over ``--seed_everything`` chooses the seed, with anomalib's own commands:
+0.680 on brick, against 0.447 and 0.653 on average over the seeds, the epoch chosen in both).
+``select_epoch_every`` chooses the epoch inside one fit; this loop over ``--seed_everything`` chooses
+the seed, with anomalib's own commands:
 
     anomalib fit --config <config> --seed_everything <seed> --default_root_dir <root>/seed-<seed>   (each seed)
     anomalib test --config <config> --ckpt_path <best seed's model.ckpt> --default_root_dir <root>/test
@@ -50,7 +51,7 @@ def fit_seed(config: Path, seed: int, root: Path, extra: list[str]) -> Path:
     if result.returncode != 0 or len(checkpoints) != 1:
         msg = f"seed {seed}: anomalib fit exited with {result.returncode} ({len(checkpoints)} checkpoints); see {log}"
         raise RuntimeError(msg)
-    return checkpoints[0]
+    return checkpoints[0].resolve()  # not the `latest` link, which a later run in the same root moves
 
 
 def main(argv: list[str] | None = None) -> int:
