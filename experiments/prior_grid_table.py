@@ -47,12 +47,27 @@ def prior_name(row: dict) -> str:
     return name
 
 
-def print_selection(scored: list[dict]) -> None:
-    """Print how well validation Dice picks priors and epochs (see the module docstring)."""
+def index_rows(scored: list[dict]) -> dict[tuple, dict]:
+    """Score rows by (category, prior, seed, epoch, half, method); ``--finetune-variants`` keep their full name.
+
+    Raises:
+        ValueError: If a key repeats: two trainings of the same prior and seed (two device calls) would
+            silently replace each other's rows.
+    """
     by_key = {}
     for row in scored:
-        prior = (row["category"], prior_name(row), row["seed"])
-        by_key[(*prior, row["epoch"], row["half"], METHODS[row["method"]])] = row
+        method = METHODS.get(row["method"], row["method"])
+        key = (row["category"], prior_name(row), row["seed"], row["epoch"], row["half"], method)
+        if key in by_key:
+            msg = f"rows repeat {key}: pass each training of a prior and seed once (one grid call's rows)"
+            raise ValueError(msg)
+        by_key[key] = row
+    return by_key
+
+
+def print_selection(scored: list[dict]) -> None:
+    """Print how well validation Dice picks priors and epochs (see the module docstring)."""
+    by_key = index_rows(scored)
     runs = sorted({key[:4] for key in by_key})
     for category in sorted({run[0] for run in runs}):
         chosen = [run for run in runs if run[0] == category]
@@ -86,29 +101,31 @@ def print_selection(scored: list[dict]) -> None:
 
 def print_choice(scored: list[dict]) -> None:
     """Print the test figures of keeping the last epoch, the best-validating epoch and seed (module docstring)."""
-    by_key = {}
-    for row in scored:
-        method = METHODS.get(row["method"], row["method"])  # --finetune-variants rows keep their full name
-        by_key[(row["category"], prior_name(row), method, row["half"], row["seed"], row["epoch"])] = row
+    by_key = index_rows(scored)
     print(
         "| category | prior | method | epochs E | seeds | last epoch | best-validating epoch <= E | "
         + "best-validating seed and epoch, k = 2, 3, ... seeds |"
     )
     print("|---" * 8 + "|")
 
+    def score(group: tuple, seed: int, epoch: int, half: str) -> dict:
+        category, prior, method = group
+        return by_key[(category, prior, seed, epoch, half, method)]
+
     def test(group: tuple, seed: int, epoch: int) -> tuple[float, float]:
-        row = by_key[(*group, "test", seed, epoch)]
+        row = score(group, seed, epoch, "test")
         return row["pixel_auroc"], row["best_dataset_dice"]
 
     def mean(pairs: list[tuple[float, float]]) -> str:
         return f"{sum(p[0] for p in pairs) / len(pairs):.3f} / {sum(p[1] for p in pairs) / len(pairs):.3f}"
 
-    for group in sorted({key[:3] for key in by_key}):
-        seeds = sorted({key[4] for key in by_key if key[:3] == group})
-        epochs = sorted({key[5] for key in by_key if key[:3] == group})
+    groups = {(key[0], key[1], key[5]) for key in by_key}  # (category, prior, method)
+    for group in sorted(groups):
+        runs = [key[2:4] for key in by_key if (key[0], key[1], key[5]) == group and key[4] == "test"]
+        seeds, epochs = sorted({run[0] for run in runs}), sorted({run[1] for run in runs})
         for last in epochs:
             candidates = [(seed, epoch) for seed in seeds for epoch in epochs if epoch <= last]
-            valid = {run: by_key[(*group, "validation", *run)]["best_dataset_dice"] for run in candidates}
+            valid = {run: score(group, *run, "validation")["best_dataset_dice"] for run in candidates}
             per_seed = [max((run for run in candidates if run[0] == seed), key=valid.get) for seed in seeds]
             subsets = [
                 mean(

@@ -150,9 +150,10 @@ class Rgi(AnomalibModule):
         select_epoch_every (int): 0: the prior is the last epoch's. N: validate every N epochs (N must
             divide ``max_epochs``) and keep the epoch whose validation ``val_pixel_F1Max`` (dataset-level
             Dice at the best threshold, with this model's own scoring) is highest, weights and learned
-            thresholds together; the validation set needs defect masks. Over 55 GPU-trained priors
-            scored at two to four epochs, the best-validating one gave +0.048 test R-RGI Dice over the
-            last on average, worse in 6 (docs/experiments.md); the shipped configs set 10. Each
+            thresholds together; the validation set needs defect masks. Over 43 GPU-trained priors
+            scored at two epochs, the better-validating one gave +0.043 test R-RGI Dice over the last
+            on average (worse in 5); over 5 seeds x 3 categories scored every 10 epochs to 40, +0.068
+            and +0.057 in two runs (docs/experiments.md); the shipped configs set 10. Each
             validation costs one scoring of the validation set.
         pre_processor (PreProcessor | bool): Pre-processor; ``True`` resizes to ``image_size``.
         post_processor (PostProcessor | bool): Post-processor; ``True`` for anomalib's default.
@@ -356,23 +357,32 @@ class Rgi(AnomalibModule):
             raise ModeCollapseError(msg)
         if self.hparams.select_epoch_every and (self.current_epoch + 1) % self.hparams.select_epoch_every == 0:
             self._keep_best_epoch(last_epoch)
-        elif last_epoch:
-            score = self.trainer.callback_metrics.get("val_pixel_F1Max")
-            if score is not None and math.isfinite(float(score)):
-                self._kept_validation = {"epoch": self.current_epoch, "val_pixel_F1Max": float(score)}
+        elif last_epoch and (score := self._epoch_validation_dice()) is not None:
+            self._kept_validation = {"epoch": self.current_epoch, "val_pixel_F1Max": score}
 
-    def _validation_score(self) -> float:
-        """Return the epoch's ``val_pixel_F1Max`` (its validation ran before ``on_train_epoch_end``)."""
+    def _epoch_validation_dice(self) -> float | None:
+        """Return the epoch's ``val_pixel_F1Max`` (its validation ran before ``on_train_epoch_end``).
+
+        None when there is none or it is 0: a validation set without defect masks scores 0.
+        """
         score = self.trainer.callback_metrics.get("val_pixel_F1Max")
         if score is None or not math.isfinite(float(score)) or float(score) <= 0:
+            return None
+        return float(score)
+
+    def _validation_score(self) -> float:
+        """Return the epoch's validation Dice; refuse a validation set that cannot choose the epoch."""
+        score = self._epoch_validation_dice()
+        if score is None:
+            logged = self.trainer.callback_metrics.get("val_pixel_F1Max")
             msg = (
                 f"select_epoch_every={self.hparams.select_epoch_every} chooses the epoch by validation Dice, but "
-                f"the validation at epoch {self.current_epoch} gave val_pixel_F1Max={score}: the validation set "
+                f"the validation at epoch {self.current_epoch} gave val_pixel_F1Max={logged}: the validation set "
                 "needs defective images with masks (e.g. a test split with ground truth and val_split_mode "
                 "'from_test'). Set select_epoch_every=0 to keep the last epoch."
             )
             raise ValueError(msg)
-        return float(score)
+        return score
 
     def _keep_best_epoch(self, last_epoch: bool) -> None:
         """Remember the best-validating epoch; after the last, go back to it before the final checkpoint."""
