@@ -5,11 +5,13 @@ defect's residual is shared by every prior. The mean of K priors' maps should ke
 average the normal texture's errors down, lifting pixel AUROC where RGI trails PatchCore (gravel).
 
 For each checkpoint, half and method the anomaly maps are computed once and cached (``--cache``).
-Rows (JSON, one per line): the mean map of every subset of k priors, k = 1..K (1: each alone);
-and per k the mean over its subsets (what a user training k seeds gets on average). Pixel AUROC,
-best dataset Dice and pixel AUROC per defect type, as the other experiment scripts report them.
+A method ``a+b`` scores each prior with the mean of its ``a`` and ``b`` maps. Rows (JSON, one per
+line): the mean map of every subset of k priors, for each k in ``--sizes`` (default 1..K; 1: each
+alone), and per k the mean over its subsets (what a user training k seeds gets on average). Pixel
+AUROC, best dataset Dice and pixel AUROC per defect type, as the other experiment scripts report them.
+Checkpoints of several epochs of one training run make a snapshot ensemble.
 
-python experiments/prior_ensemble.py --category gravel --half test --methods encoder rrgi \
+python experiments/prior_ensemble.py --category gravel --half test --methods encoder rrgi encoder+rrgi \
     --checkpoints results/ensemble/gravel-w8-s{0,1,2,3}-e20.ckpt
 """
 
@@ -19,6 +21,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +62,8 @@ def main() -> None:
     parser.add_argument("--category", required=True)
     parser.add_argument("--checkpoints", nargs="+", type=Path, required=True)
     parser.add_argument("--half", default="test", choices=("validation", "test"))
-    parser.add_argument("--methods", nargs="+", default=["encoder"], choices=sorted(METHODS))
+    parser.add_argument("--methods", nargs="+", default=["encoder"], help=f"of {sorted(METHODS)}, or a+b")
+    parser.add_argument("--sizes", nargs="+", type=int, default=None, help="ensemble sizes (default: 1 to K)")
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--cache", type=Path, default=Path("results/ensemble/maps"))
     args = parser.parse_args()
@@ -68,13 +72,24 @@ def main() -> None:
     missing = [str(path) for path in args.checkpoints if not path.is_file()]
     if missing:
         parser.error(f"no such checkpoint: {', '.join(missing)}")
+    unknown = sorted({part for method in args.methods for part in method.split("+")} - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {sorted(METHODS)} or join them with '+'")
+    sizes = args.sizes or list(range(1, len(args.checkpoints) + 1))
+    if not all(1 <= size <= len(args.checkpoints) for size in sizes):
+        parser.error(f"--sizes must lie in 1..{len(args.checkpoints)}")
+    if sum(math.comb(len(args.checkpoints), size) for size in sizes) > 2000:
+        parser.error("over 2000 subsets to score: choose fewer --sizes (e.g. 1 and the number of checkpoints)")
     images, masks = load_test_split(args.data_root, args.category, half=args.half)
     defects = split_defect_types(args.data_root, args.category, half=args.half)
     names = [path.stem for path in args.checkpoints]
     for method in args.methods:
-        maps = [prior_maps(path, images, METHODS[method], args.cache) for path in args.checkpoints]
+        maps = [
+            np.mean([prior_maps(path, images, METHODS[part], args.cache) for part in method.split("+")], axis=0)
+            for path in args.checkpoints
+        ]
         row = {"category": args.category, "half": args.half, "method": method}
-        for size in range(1, len(maps) + 1):
+        for size in sizes:
             qualities = []
             for subset in itertools.combinations(range(len(maps)), size):
                 quality = map_quality(np.mean([maps[i] for i in subset], axis=0), masks, defects)

@@ -44,6 +44,9 @@ def prior_name(row: dict) -> str:
         name += f", {row['latent_channels']} latent channels"
     if row.get("latent_stride", 8) != 8:
         name += f", latent stride {row['latent_stride']}"
+    extra_corruptions = sorted(set(row.get("corruptions", [])) - {"constant", "other_image", "brightness"})
+    if extra_corruptions:
+        name += f", corruptions + {' + '.join(extra_corruptions)}"
     return name
 
 
@@ -173,6 +176,9 @@ def main() -> None:
         values = []
         for half, method in columns:
             group = cells[(*key, half, method)]
+            if not group:  # e.g. a grid scored with --encoder-start-only
+                values.append("")
+                continue
             auroc = sum(row["pixel_auroc"] for row in group) / len(group)
             dice = sum(row["best_dataset_dice"] for row in group) / len(group)
             values.append(f"{auroc:.3f} / {dice:.3f}")
