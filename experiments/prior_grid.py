@@ -31,7 +31,6 @@ from torchvision.transforms import v2
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.data.textures import load_test_split, split_defect_types
 from anomalib_rgi.metrics import map_quality
-from anomalib_rgi.models.rgi.loss import CORRUPTIONS
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from compare_peers import TINY_DATA, TINY_RGI
@@ -96,13 +95,6 @@ def main() -> None:
     parser.add_argument("--latent-stride", type=int, default=8)
     parser.add_argument("--reconstruction-weight", type=float, default=10.0)
     parser.add_argument("--flips", action="store_true", help="random horizontal and vertical flips in training")
-    parser.add_argument(
-        "--corruptions",
-        nargs="+",
-        default=["constant", "other_image", "brightness"],
-        choices=CORRUPTIONS,
-        help="kinds of corruption the encoder learns to look through",
-    )
     parser.add_argument("--min-sample-diversity", type=float, default=0.2, help="0: never stop on mode collapse")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--score-epochs", type=int, nargs="+", default=None, help="default: the last epoch")
@@ -156,7 +148,6 @@ def main() -> None:
         "latent_channels": args.latent_channels,
         "latent_stride": args.latent_stride,
         "reconstruction_weight": args.reconstruction_weight,
-        "corruptions": tuple(args.corruptions),
         "min_sample_diversity": args.min_sample_diversity,
     }
     tiny = {key: value for key, value in TINY_RGI.items() if key not in network} if args.tiny else {}

@@ -45,7 +45,7 @@ from anomalib_rgi.visualization import RgiVisualizer
 
 from .export import keep_only_output_names, trace_unrolled
 from .inversion import InversionResult
-from .loss import CriticLoss, GeneratorLoss, check_corruptions, corrupt
+from .loss import CriticLoss, GeneratorLoss, corrupt
 from .torch_model import RgiModel
 
 logger = logging.getLogger(__name__)
@@ -123,8 +123,6 @@ class Rgi(AnomalibModule):
         lr (float): Adam learning rate of the GAN training.
         adversarial_weight (float): Weight of the adversarial term for generator and encoder.
         reconstruction_weight (float): Weight of the encoder reconstruction term.
-        corruptions (tuple[str, ...]): Kinds of gross corruption the encoder learns to look through
-            (see :func:`~anomalib_rgi.models.rgi.loss.corrupt`).
         lam (float): Mask sparsity ``lambda`` in [-1, 1] pixel units: ``M`` is non-zero where the
             squared residual exceeds ``lam / 2``. The authors use 0.4 for their PGGAN; our sharper
             prior leaves smaller residuals on normal pixels, and 0.02 measured best (docs/experiments.md).
@@ -174,7 +172,6 @@ class Rgi(AnomalibModule):
         lr: float = 2e-4,  # noqa: ARG002  (read through self.hparams, like max_epochs)
         adversarial_weight: float = 1.0,
         reconstruction_weight: float = 10.0,
-        corruptions: tuple[str, ...] = ("constant", "other_image", "brightness"),
         lam: float = 0.02,
         steps: int = 200,
         inversion_lr: float = 0.1,
@@ -214,7 +211,6 @@ class Rgi(AnomalibModule):
                 f"{select_epoch_every}: the last epoch must be validated for its thresholds."
             )
             raise ValueError(msg)
-        check_corruptions(corruptions)
         self.save_hyperparameters(ignore=["pre_processor", "post_processor", "evaluator", "visualizer"])
         self.model = RgiModel(
             image_size=image_size,
@@ -545,7 +541,7 @@ class Rgi(AnomalibModule):
         latents = self.model.generator.sample_latent(images.shape[0])
 
         fake = self.model.generator(latents)
-        encoded = self.model.encoder(corrupt(images, kinds=tuple(self.hparams.corruptions)))
+        encoded = self.model.encoder(corrupt(images))
         reconstruction = self.model.generator(encoded)
 
         critic_loss = self.critic_loss(

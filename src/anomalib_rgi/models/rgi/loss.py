@@ -12,45 +12,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CORRUPTIONS = ("constant", "other_image", "brightness", "rescaled")
-"""Kinds of gross corruption :func:`corrupt` can plant; the first three are Rgi's default."""
 
-
-def check_corruptions(kinds: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` unless ``kinds`` is a non-empty subset of :data:`CORRUPTIONS`."""
-    if not kinds or set(kinds) - set(CORRUPTIONS):
-        msg = f"Corruption kinds must be a non-empty subset of {CORRUPTIONS}, got {tuple(kinds)}."
-        raise ValueError(msg)
-
-
-def corrupt(
-    images: torch.Tensor,
-    fraction: float = 0.5,
-    generator: torch.Generator | None = None,
-    kinds: tuple[str, ...] = CORRUPTIONS[:3],
-) -> torch.Tensor:
+def corrupt(images: torch.Tensor, fraction: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     """Plant one gross corruption in a random ``fraction`` of the images (in [-1, 1]).
 
-    The corruptions imitate what the encoder must learn to look through, in a box of 1/16 to 1/3 of
-    the side: ``"constant"`` grey; ``"other_image"``, the same place of ANOTHER image of the batch;
-    ``"brightness"``, the image's own content shifted in brightness; ``"rescaled"``, a box 2 to 4
-    times smaller from elsewhere in the image, upsampled into the box: a smoother, coarser texture
-    than the normal one, standing in for foreign material without using any other data.
+    The corruptions imitate what the encoder must learn to look through: a box of 1/16 to 1/3 of the
+    side filled with a constant grey, with the same place of ANOTHER image of the batch (foreign
+    material), or with the image's own content shifted in brightness.
 
     Args:
         images (torch.Tensor): ``(N, C, H, W)`` in [-1, 1].
         fraction (float): Share of the batch that is corrupted.
         generator (torch.Generator | None): Random source.
-        kinds (tuple[str, ...]): Kinds to draw from, uniformly (see :data:`CORRUPTIONS`).
 
     Returns:
         torch.Tensor: A corrupted copy.
 
-    Raises:
-        ValueError: If ``kinds`` is empty or names a kind not in :data:`CORRUPTIONS`.
-
     """
-    check_corruptions(kinds)
     out = images.clone()
     num, _, height, width = images.shape
     device = images.device
@@ -63,21 +41,14 @@ def corrupt(
         box_h, box_w = draw(height // 16 + 1, height // 3 + 1), draw(width // 16 + 1, width // 3 + 1)
         top, left = draw(0, height - box_h + 1), draw(0, width - box_w + 1)
         region = (index, slice(None), slice(top, top + box_h), slice(left, left + box_w))
-        kind = kinds[draw(0, len(kinds))]
-        if kind == "constant":
+        kind = draw(0, 3)
+        if kind == 0:
             out[region] = torch.rand(1, generator=generator, device=device) * 2 - 1
-        elif kind == "other_image":
+        elif kind == 1:
             out[region] = images[((index + draw(1, max(num, 2))) % num, *region[1:])]
-        elif kind == "brightness":
+        else:
             shift = (torch.rand(1, generator=generator, device=device) - 0.5) * 1.6
             out[region] = (images[region] + shift).clamp(-1, 1)
-        else:
-            factor = draw(2, 5)
-            source_h, source_w = max(1, box_h // factor), max(1, box_w // factor)
-            row, column = draw(0, height - source_h + 1), draw(0, width - source_w + 1)
-            source = images[index : index + 1, :, row : row + source_h, column : column + source_w]
-            upsampled = nn.functional.interpolate(source, size=(box_h, box_w), mode="bilinear", align_corners=False)
-            out[region] = upsampled[0]
     return out
 
 
