@@ -4,7 +4,8 @@ Trains Rgi on one built-in category with the given network and loss settings. Af
 ``--score-epochs`` it scores both halves of the test crops (choose on ``validation``, report ``test``)
 with RGI at the encoder's start (0 steps, closed-form mask), RGI (200 Adam steps) and R-RGI (100
 more steps that also fine-tune G, lr 1e-4: the peer table's rows; ``--finetune-variants`` adds other
-R-RGI settings), and prints one JSON row per half
+R-RGI settings; ``--encoder-start-only`` keeps only the first, for grids that save priors to score
+elsewhere, e.g. with ``experiments/prior_ensemble.py``), and prints one JSON row per half
 and method: pixel AUROC, best dataset Dice and pixel AUROC per defect type; after every epoch, a
 row with the generator's sample diversity (the mode-collapse statistic). Scoring runs with the
 random state saved and restored, so the prior trains as it would without it. The prior is
