@@ -44,6 +44,7 @@ def prior_name(row: dict) -> str:
         name += f", {row['latent_channels']} latent channels"
     if row.get("latent_stride", 8) != 8:
         name += f", latent stride {row['latent_stride']}"
+    # Rows of the reverted rescaled-corruption patch (docs/results/prior-ensemble-2026-11-27/).
     extra_corruptions = sorted(set(row.get("corruptions", [])) - {"constant", "other_image", "brightness"})
     if extra_corruptions:
         name += f", corruptions + {' + '.join(extra_corruptions)}"

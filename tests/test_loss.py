@@ -14,18 +14,13 @@ def _changed_box(before: torch.Tensor, after: torch.Tensor) -> tuple[int, int, i
     return int(rows.min()), int(rows.max()) + 1, int(columns.min()), int(columns.max()) + 1
 
 
-def test_each_corrupted_image_changes_in_one_box_and_nowhere_else():
+def test_each_corrupted_image_changes_within_one_box_of_at_most_a_third_of_the_side():
     images = torch.rand(32, 3, 48, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
     corrupted = corrupt(images, fraction=1.0, generator=torch.Generator().manual_seed(2))
     boxes = [_changed_box(before, after) for before, after in zip(images, corrupted, strict=True)]
     assert sum(box is not None for box in boxes) >= 30  # a constant grey may miss a small box's pixels, not all
-    for before, after, box in zip(images, corrupted, boxes, strict=True):
-        if box is None:
-            continue
+    for box in filter(None, boxes):
         top, bottom, left, right = box
-        outside = torch.ones(48, 48, dtype=torch.bool)
-        outside[top:bottom, left:right] = False
-        assert torch.equal(before[:, outside], after[:, outside])
         assert bottom - top <= 48 // 3
         assert right - left <= 48 // 3
     assert corrupted.min() >= -1
