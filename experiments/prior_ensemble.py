@@ -9,7 +9,8 @@ A method ``a+b`` scores each prior with the mean of its ``a`` and ``b`` maps. Ro
 line): the mean map of every subset of k priors, for each k in ``--sizes`` (default 1..K; 1: each
 alone), and per k the mean over its subsets (what a user training k seeds gets on average). Pixel
 AUROC, best dataset Dice and pixel AUROC per defect type, as the other experiment scripts report them.
-Checkpoints of several epochs of one training run make a snapshot ensemble.
+Checkpoints of several epochs of one training run make a snapshot ensemble. ``--choose`` adds the one prior whose
+validation-half Dice is best (among one run's epochs: what ``select_epoch_every`` keeps).
 
 python experiments/prior_ensemble.py --category gravel --half test --methods encoder rrgi encoder+rrgi \
     --checkpoints results/ensemble/gravel-w8-s{0,1,2,3}-e20.ckpt
@@ -56,6 +57,14 @@ def prior_maps(checkpoint: Path, images: torch.Tensor, settings: dict, cache: Pa
     return maps
 
 
+def method_maps(checkpoints: list[Path], images: torch.Tensor, method: str, cache: Path) -> list[np.ndarray]:
+    """Each prior's maps for ``method``; ``a+b`` is the mean of the two scorings' maps."""
+    return [
+        np.mean([prior_maps(path, images, METHODS[part], cache) for part in method.split("+")], axis=0)
+        for path in checkpoints
+    ]
+
+
 def main() -> None:
     """Score each prior and every ensemble of them; print one JSON row each."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +73,11 @@ def main() -> None:
     parser.add_argument("--half", default="test", choices=("validation", "test"))
     parser.add_argument("--methods", nargs="+", default=["encoder"], help=f"of {sorted(METHODS)}, or a+b")
     parser.add_argument("--sizes", nargs="+", type=int, default=None, help="ensemble sizes (default: 1 to K)")
+    parser.add_argument(
+        "--choose",
+        action="store_true",
+        help="with --half test: also the prior whose validation-half Dice is best (select_epoch_every's choice)",
+    )
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--cache", type=Path, default=Path("results/ensemble/maps"))
     args = parser.parse_args()
@@ -80,15 +94,25 @@ def main() -> None:
         parser.error(f"--sizes must lie in 1..{len(args.checkpoints)}")
     if sum(math.comb(len(args.checkpoints), size) for size in sizes) > 2000:
         parser.error("over 2000 subsets to score: choose fewer --sizes (e.g. 1 and the number of checkpoints)")
+    if args.choose and args.half != "test":
+        parser.error("--choose chooses on the validation half and reports the test half: use --half test")
     images, masks = load_test_split(args.data_root, args.category, half=args.half)
     defects = split_defect_types(args.data_root, args.category, half=args.half)
+    if args.choose:
+        validation, validation_masks = load_test_split(args.data_root, args.category, half="validation")
+        validation_defects = split_defect_types(args.data_root, args.category, half="validation")
     names = [path.stem for path in args.checkpoints]
     for method in args.methods:
-        maps = [
-            np.mean([prior_maps(path, images, METHODS[part], args.cache) for part in method.split("+")], axis=0)
-            for path in args.checkpoints
-        ]
+        maps = method_maps(args.checkpoints, images, method, args.cache)
         row = {"category": args.category, "half": args.half, "method": method}
+        if args.choose:
+            dice = [
+                map_quality(prior, validation_masks, validation_defects)["best_dataset_dice"]
+                for prior in method_maps(args.checkpoints, validation, method, args.cache)
+            ]
+            chosen = int(np.argmax(dice))
+            quality = map_quality(maps[chosen], masks, defects)
+            print(json.dumps({**row, "priors": f"chosen on validation: {names[chosen]}", **quality}), flush=True)
         for size in sizes:
             qualities = []
             for subset in itertools.combinations(range(len(maps)), size):
