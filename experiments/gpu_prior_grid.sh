@@ -9,6 +9,8 @@
 # GRID=collapse: the second call of 2026-11-26 (below).
 # GRID=recon: the reconstruction-weight grid of 2026-11-27 (below).
 # GRID=epochs: the default prior's epoch curve over seeds, 2026-11-27 (below).
+# GRID=features: the default prior over seeds, each saved epoch then scored with and without the
+#   feature map by experiments/feature_map.py (rows in $OUT/features.jsonl), 2026-11-27 session 13.
 #
 #   device run:  GRID=... bash experiments/gpu_prior_grid.sh
 #     carry: .whl datasets/rgi_textures/brick datasets/rgi_textures/grass datasets/rgi_textures/gravel
@@ -79,7 +81,7 @@ elif [ "${GRID:-}" = recon ]; then
         configs+=("$name s$seed:--category $category --seed $seed --base-channels $width --reconstruction-weight $weight $off")
     done
     [ -z "${TINY:-}" ] && SIZE=(--epochs 20 --score-epochs 10 20)
-elif [ "${GRID:-}" = epochs ]; then
+elif [ "${GRID:-}" = epochs ] || [ "${GRID:-}" = features ]; then
     # The default prior (width 8, reconstruction weight 10), seeds 0-4 on every category, scored every 10
     # epochs to 40: which epoch count should configs/rgi.yaml and rrgi.yaml train for, and what does
     # select_epoch_every 10 gain over the last epoch, over seeds rather than one draw (2026-11-27).
@@ -93,6 +95,8 @@ elif [ "${GRID:-}" = epochs ]; then
     # GRID_FINETUNE=1: the same priors, R-RGI also with 50 fine-tuning steps after the 200 Adam steps and
     # with 50 from the encoder start (closed-form mask): is 100 steps at lr 1e-4 the right R-RGI default?
     [ -n "${GRID_FINETUNE:-}" ] && SIZE+=(--finetune-variants 200+50@1e-4 0+50@1e-4)
+    # The feature pass below scores every saved epoch; the grid itself only at the encoder start.
+    [ "$GRID" = features ] && SIZE+=(--encoder-start-only)
 fi
 [ -n "${TINY:-}" ] && configs=("${configs[0]}" "${configs[-1]}")
 mkdir -p "$WORK/logs" "$WORK/priors"
@@ -112,6 +116,20 @@ for config in "${configs[@]}"; do
     echo "$name: $(grep '^{' "$WORK/logs/$name.log" | grep -c pixel_auroc) rows; $(grep -v '^{' "$WORK/logs/$name.log" | grep -i 'error\|Traceback' | tail -n 2)"
 done
 grep -h '^{' "$WORK"/logs/*.log >"$OUT/rows.jsonl"
+if [ "${GRID:-}" = features ]; then
+    jobs=()
+    for config in "${configs[@]}"; do
+        name=${config%%:*}; name=${name// /-}
+        timeout "${FEATURE_SECONDS:-240}" python3 experiments/feature_map.py --category "${name%%-*}" \
+            --data-root "$DATA" --weights 0 0.25 0.5 1 2 --checkpoints "$WORK/priors/$name"-e*.ckpt \
+            >"$WORK/logs/features-$name.log" 2>&1 &
+        jobs+=($!)
+    done
+    wait "${jobs[@]}"
+    grep -h '^{' "$WORK"/logs/features-*.log >"$OUT/features.jsonl"
+    log "feature pass: $(wc -l <"$OUT/features.jsonl") rows"
+    grep -h -i 'error\|Traceback' "$WORK"/logs/features-*.log | sort | uniq -c | head
+fi
 python3 - "$OUT/rows.jsonl" "$WORK/priors" "$OUT" <<'EOF'
 import json, shutil, sys
 from pathlib import Path

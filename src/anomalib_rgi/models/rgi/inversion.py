@@ -40,6 +40,7 @@ class InversionResult:
             ``mask_solver="none"``), ``(N, C, H, W)``.
         latent (torch.Tensor): The optimised latent ``z``.
         loss (torch.Tensor): The final objective per image, ``(N,)``.
+        target (torch.Tensor): The inverted images themselves, in [-1, 1], ``(N, C, H, W)``.
 
     """
 
@@ -47,6 +48,7 @@ class InversionResult:
     mask: torch.Tensor
     latent: torch.Tensor
     loss: torch.Tensor
+    target: torch.Tensor
 
 
 def is_tracing() -> bool:
@@ -291,4 +293,5 @@ def invert(
             mask=final_mask.detach().clone(),
             latent=latent.detach().clone(),
             loss=final_loss.detach().clone(),
+            target=target,
         )

