@@ -254,8 +254,13 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
         engine.fit(model=model, datamodule=datamodule)
     fit_seconds = None if prior else round(time.time() - start, 1)
     variants = rgi_variants(args) if job == "rgi" else {type(model).__name__: None}
+    if job == "rgi" and args.variants:
+        variants = {name: settings for name, settings in variants.items() if name in args.variants}
+    feature_weight = model.model.feature_weight if job == "rgi" else 0
     rows = []
     for name, settings in variants.items():
+        if feature_weight:
+            name = f"{name} + feature map x{feature_weight:g}"  # noqa: PLW2901  (the row's name says what was scored)
         if settings is not None:
             model.model.inversion.update({"finetune_lr": args.finetune_lr, **settings})
             engine.validate(model=model, datamodule=datamodule)
@@ -320,10 +325,14 @@ def main() -> None:
         metavar="CATEGORY=CKPT",
         help="score this trained Rgi checkpoint instead of training one (repeatable; fit_s is then n/a)",
     )
+    parser.add_argument("--variants", nargs="+", metavar="NAME", help="score only these RGI variants (default: all)")
     parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"), help="the issue's figures: cpu")
     parser.add_argument("--tiny", action="store_true", help="32 px crops, tiny networks, 1 epoch: a smoke test")
     parser.add_argument("--job", nargs=3, metavar=("MODEL", "CATEGORY", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = sorted(set(args.variants or []) - set(rgi_variants(args)))
+    if unknown:
+        parser.error(f"unknown --variants {unknown}; the variants are {sorted(rgi_variants(args))}")
 
     if args.job:
         job, category, out = args.job

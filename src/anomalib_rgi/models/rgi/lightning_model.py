@@ -38,6 +38,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
 from torchvision.transforms.v2 import Resize
 
 from anomalib_rgi.metrics import Dice, PerImageBestDice
@@ -720,6 +721,34 @@ class Rgi(AnomalibModule):
         # Not a field of anomalib's batch; the visualizer shows it beside the maps.
         batch.restored = (result.restored + 1.0) / 2.0
         return batch
+
+    def _calibrate_from_training_data(self) -> None:
+        """Calibrate a feature map the prior was trained without, on the attached training images.
+
+        Lets ``anomalib validate/test/predict --model.feature_weight 0.5 --ckpt_path <plain prior>`` work;
+        without training images scoring stops and says how to calibrate.
+        """
+        if self.model.feature_distance is None or not torch.isnan(self.model.feature_scale):
+            return
+        train_data = getattr(getattr(self._trainer, "datamodule", None), "train_data", None)
+        if not train_data:
+            return
+        resize = self.pre_processor if isinstance(self.pre_processor, PreProcessor) else nn.Identity()
+        images = torch.cat([resize(train_data[index].image[None]) for index in range(min(32, len(train_data)))])
+        scale = self.model.calibrate_feature_scale(images.to(self.device))
+        logger.info("Rgi: feature map calibrated on %d training images (feature_scale %.3f).", len(images), scale)
+
+    def on_validation_start(self) -> None:
+        """Calibrate the feature map if the prior was trained without it."""
+        self._calibrate_from_training_data()
+
+    def on_test_start(self) -> None:
+        """Calibrate the feature map if the prior was trained without it."""
+        self._calibrate_from_training_data()
+
+    def on_predict_start(self) -> None:
+        """Calibrate the feature map if the prior was trained without it."""
+        self._calibrate_from_training_data()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score validation images; the post-processor learns thresholds from them."""

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from anomalib.models.components import GaussianBlur2d
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -152,15 +153,12 @@ class FeatureDistance(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = timm.create_model("efficientnet_lite0", pretrained=False, features_only=True, out_indices=(2, 3))
-        load_efficientnet_lite0(self.features)
-        self.features.eval().requires_grad_(False)
+        features = timm.create_model("efficientnet_lite0", pretrained=False, features_only=True, out_indices=(2, 3))
+        load_efficientnet_lite0(features)
+        # Frozen batch norm: the same in train and eval mode, so Lightning's train() cannot change the map.
+        self.features = freeze_batch_norm_2d(features).requires_grad_(False)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True) -> FeatureDistance:  # noqa: ARG002  (frozen: batch norm stays in eval)
-        """Keep the frozen network in eval mode whatever the surrounding module's mode."""
-        return super().train(False)
 
     def forward(self, images: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         """Mean over the two feature levels of ``1 - cos``, upsampled to ``(N, 1, H, W)``; inputs in [0, 1]."""
@@ -224,7 +222,7 @@ class RgiModel(nn.Module):
             msg = f"feature_weight must be 0 (the mask alone) or positive, got {feature_weight}."
             raise ValueError(msg)
         if feature_weight > 0 and image_channels not in {1, 3}:
-            msg = f"The feature map reads grey or RGB images; these have {image_channels} channels (use feature_weight=0)."
+            msg = f"The feature map reads grey or RGB images, not {image_channels} channels (use feature_weight=0)."
             raise ValueError(msg)
         if latent_init not in {"encoder", "pool"}:
             msg = f"latent_init must be 'encoder' or 'pool', got {latent_init!r}."
@@ -250,7 +248,7 @@ class RgiModel(nn.Module):
         self.feature_weight = feature_weight
         self.feature_distance = FeatureDistance() if feature_weight > 0 else None
         # Mask-map units per unit of feature distance; NaN until calibrated, so an uncalibrated map cannot pass.
-        self.register_buffer("feature_scale", torch.tensor(float("nan")))
+        self.register_buffer("feature_scale", torch.tensor(float("nan")), persistent=feature_weight > 0)
         # Saved with the weights: lets export and scoring refuse a prior that was never trained.
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 

@@ -1,0 +1,108 @@
+"""The feature map: ImageNet-feature distance between input and restoration, added to the mask map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from anomalib.deploy import OpenVINOInferencer
+
+from anomalib_rgi import Rgi
+from anomalib_rgi.data.textures import load_photograph
+from anomalib_rgi.models.rgi.torch_model import FeatureDistance
+
+from .conftest import TINY_MODEL, fit_tiny
+
+
+def _crop(category: str, size: int = 64) -> torch.Tensor:
+    photo = load_photograph(category)[:size, :size]
+    return torch.from_numpy(np.ascontiguousarray(photo)).expand(1, 3, size, size).clone()
+
+
+def test_feature_distance_sees_a_foreign_patch_and_not_an_identical_image():
+    distance = FeatureDistance().train()  # frozen: Lightning's train() must not change it
+    grass = _crop("grass")
+    assert distance(grass, grass).abs().max() < 1e-4
+    patched = grass.clone()
+    patched[..., 16:48, 16:48] = _crop("brick")[..., 16:48, 16:48]
+    result = distance(patched, grass)[0, 0]
+    inside, corner = result[24:40, 24:40].mean(), result[:6, :6].mean()
+    assert inside > 3 * corner
+
+
+@pytest.fixture(scope="module")
+def fitted_with_features(tiny_data_root, tmp_path_factory):
+    engine, model, datamodule = fit_tiny(tiny_data_root, tmp_path_factory.mktemp("features"), feature_weight=0.5)
+    return engine, model, datamodule
+
+
+def test_fit_calibrates_the_scale_and_the_checkpoint_keeps_it(fitted_with_features):
+    engine, model, _ = fitted_with_features
+    scale = float(model.model.feature_scale)
+    assert np.isfinite(scale)
+    assert scale > 0
+    loaded = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path, weights_only=True)
+    assert float(loaded.model.feature_scale) == pytest.approx(scale)
+    images = torch.rand(2, 3, 32, 32)
+    model.eval()
+    loaded.eval()
+    torch.testing.assert_close(model(images).anomaly_map, loaded(images).anomaly_map)
+
+
+def test_calibration_puts_the_weighted_feature_part_at_the_mask_maps_scale(fitted_with_features):
+    _, model, _ = fitted_with_features
+    rgi = model.model
+    images = torch.rand(8, 3, 32, 32)
+    rgi.calibrate_feature_scale(images)
+    result = rgi.invert(images, steps=0, mask_solver="closed_form", finetune_steps=0)
+    rgi.feature_weight = 0.0
+    mask_map = rgi.anomaly_map(result)
+    rgi.feature_weight = 1.0
+    feature_part = rgi.anomaly_map(result) - mask_map
+    rgi.feature_weight = 0.5
+    torch.testing.assert_close(feature_part.quantile(0.99), mask_map.quantile(0.99), rtol=1e-3, atol=1e-6)
+
+
+def test_a_prior_trained_without_the_map_is_scored_with_it_only_after_calibration(fitted_with_features, tmp_path):
+    engine, _, _ = fitted_with_features
+    checkpoint = engine.trainer.checkpoint_callback.best_model_path
+    plain = Rgi.load_from_checkpoint(checkpoint, feature_weight=0.0)
+    assert plain.model.feature_distance is None
+    assert not any("feature" in name for name in plain.state_dict())
+    plain_path = tmp_path / "plain.ckpt"
+    torch.save({**torch.load(checkpoint, weights_only=True), "state_dict": plain.state_dict()}, plain_path)
+    with_map = Rgi.load_from_checkpoint(plain_path, feature_weight=0.5).eval()
+    images = torch.rand(2, 3, 32, 32)
+    with pytest.raises(RuntimeError, match="calibrate_feature_scale"):
+        with_map(images)
+    with_map.model.calibrate_feature_scale(torch.rand(8, 3, 32, 32))
+    assert torch.isfinite(with_map(images).anomaly_map).all()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"feature_weight": -0.1}, "feature_weight"), ({"feature_weight": 0.5, "image_channels": 2}, "grey or RGB")],
+)
+def test_bad_feature_settings_are_refused(settings, message):
+    from anomalib_rgi.models.rgi.torch_model import RgiModel
+
+    with pytest.raises(ValueError, match=message):
+        RgiModel(image_size=32, latent_stride=4, latent_channels=4, base_channels=4, **settings)
+
+
+def test_the_feature_map_exports_and_matches_torch(fitted_with_features, tmp_path):
+    _, model, _ = fitted_with_features
+    saved = dict(model.model.inversion)
+    model.model.inversion.update(steps=0, mask_solver="closed_form")
+    model.eval()
+    try:
+        path = model.to_openvino(export_root=tmp_path)
+        inferencer = OpenVINOInferencer(path=path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+        image = torch.rand(1, 3, 32, 32)
+        reference = model(image)
+        prediction = inferencer.predict(image.numpy())
+    finally:
+        model.model.inversion.clear()
+        model.model.inversion.update(saved)
+    np.testing.assert_allclose(prediction.anomaly_map.squeeze(), reference.anomaly_map.squeeze(), atol=1e-2)
+    assert TINY_MODEL["image_size"] == image.shape[-1]
