@@ -9,14 +9,22 @@ and pixel AUROC per defect type, as the other experiment scripts report them.
 
 python experiments/feature_map.py --category gravel --checkpoints results/ensemble/gravel-w8-s0-e20.ckpt \
     --methods encoder rrgi --weights 0 0.5 1
+
+``--summarise ROWS``: for rows of priors named ``<category>-...-s<seed>-e<epoch>.ckpt`` (what
+``GRID=features bash experiments/gpu_prior_grid.sh`` writes), the test half's mean over seeds per
+epoch, and the epoch each seed's validation Dice chooses (what ``select_epoch_every`` keeps), per
+category, method and weight: pixel AUROC / best dataset Dice, and foreign material's pixel AUROC.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from anomalib_rgi import Rgi
@@ -42,17 +50,48 @@ def score(model: Rgi, images: torch.Tensor, settings: dict, weights: list[float]
     return {weight: (mask_map + weight * feature_part)[:, 0].cpu() for weight in weights}
 
 
+def summarise(path: Path) -> None:
+    """Print, per category, method and weight: test means per epoch and the validated epoch choice."""
+    table = defaultdict(dict)  # (category, method, weight) -> {(seed, epoch, half): row}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        seed, epoch = re.search(r"-s(\d+)-e(\d+)\.ckpt$", row["checkpoint"]).groups()
+        table[row["category"], row["method"], row["feature_weight"]][int(seed), int(epoch), row["half"]] = row
+
+    def cell(rows: list[dict]) -> str:
+        auroc, dice = (np.mean([row[key] for row in rows]) for key in ("pixel_auroc", "best_dataset_dice"))
+        return f"{auroc:.3f} / {dice:.3f}"
+
+    print("| category | method | feature weight | test, seed mean per epoch | epoch chosen on validation | foreign |")
+    print("|---|---|---|---|---|---|")
+    for (category, method, weight), rows in sorted(table.items()):
+        seeds, epochs = sorted({key[0] for key in rows}), sorted({key[1] for key in rows})
+        per_epoch = ", ".join(f"e{epoch} {cell([rows[seed, epoch, 'test'] for seed in seeds])}" for epoch in epochs)
+        chosen = [
+            rows[seed, max(epochs, key=lambda epoch: rows[seed, epoch, "validation"]["best_dataset_dice"]), "test"]
+            for seed in seeds
+        ]
+        foreign = np.mean([row.get("foreign", np.nan) for row in chosen])
+        print(f"| {category} | {method} | {weight:g} | {per_epoch} | {cell(chosen)} | {foreign:.2f} |")
+
+
 def main() -> None:
     """Score each prior with and without the feature map; print one JSON row each."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--category", required=True)
-    parser.add_argument("--checkpoints", nargs="+", type=Path, required=True)
+    parser.add_argument("--summarise", type=Path, metavar="ROWS", help="summarise rows written before; no scoring")
+    parser.add_argument("--category")
+    parser.add_argument("--checkpoints", nargs="+", type=Path, default=[])
     parser.add_argument("--halves", nargs="+", default=["validation", "test"], choices=("validation", "test"))
     parser.add_argument("--methods", nargs="+", default=["encoder", "rrgi"], choices=sorted(METHODS))
     parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.5, 1.0])
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return
+    if not args.category or not args.checkpoints:
+        parser.error("--category and --checkpoints are required (or --summarise ROWS)")
     missing = [str(path) for path in args.checkpoints if not path.is_file()]
     if missing:
         parser.error(f"no such checkpoint: {', '.join(missing)}")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from anomalib.deploy import OpenVINOInferencer
+from anomalib.engine import Engine
 
 from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import load_photograph
@@ -64,7 +65,7 @@ def test_calibration_puts_the_weighted_feature_part_at_the_mask_maps_scale(fitte
 
 
 def test_a_prior_trained_without_the_map_is_scored_with_it_only_after_calibration(fitted_with_features, tmp_path):
-    engine, _, _ = fitted_with_features
+    engine, _, datamodule = fitted_with_features
     checkpoint = engine.trainer.checkpoint_callback.best_model_path
     plain = Rgi.load_from_checkpoint(checkpoint, feature_weight=0.0)
     assert plain.model.feature_distance is None
@@ -75,8 +76,13 @@ def test_a_prior_trained_without_the_map_is_scored_with_it_only_after_calibratio
     images = torch.rand(2, 3, 32, 32)
     with pytest.raises(RuntimeError, match="calibrate_feature_scale"):
         with_map(images)
-    with_map.model.calibrate_feature_scale(torch.rand(8, 3, 32, 32))
-    assert torch.isfinite(with_map(images).anomaly_map).all()
+    # anomalib test with a datamodule: calibrated on its training images, then scored
+    metrics = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1).test(
+        model=with_map, datamodule=datamodule
+    )[0]
+    assert float(with_map.model.feature_scale) > 0
+    assert 0 <= metrics["pixel_AUROC"] <= 1
+    assert torch.isfinite(with_map.eval()(images).anomaly_map).all()
 
 
 @pytest.mark.parametrize(

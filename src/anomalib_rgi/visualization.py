@@ -40,7 +40,7 @@ def result_panels(batch: ImageBatch, index: int) -> Image.Image:
     panels = [
         ("input", visualize_image(batch.image[index])),
         ("restored G(z)", visualize_image(restored[index]) if restored is not None else Image.new("RGB", PANEL_SIZE)),
-        ("anomaly map |M|", visualize_anomaly_map(batch.anomaly_map[index].squeeze().clamp(0, 1), normalize=False)),
+        ("anomaly map", visualize_anomaly_map(batch.anomaly_map[index].squeeze().clamp(0, 1), normalize=False)),
         ("predicted mask", _mask_panel(None if batch.pred_mask is None else batch.pred_mask[index])),
         ("ground truth", _mask_panel(None if batch.gt_mask is None else batch.gt_mask[index])),
     ]
