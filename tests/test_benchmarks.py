@@ -66,16 +66,17 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     (checkpoint,) = run.glob("runs/gravel/rgi/**/model.ckpt")
     data = str(tmp_path / "data")
 
-    # the same prior scored again with other inversion settings, without training
+    # the same prior scored again with other settings and the feature map (calibrated on the training crops)
     run_script(
         "compare_peers.py",
         *("--tiny", "--categories", "gravel", "--models", "rgi", "--prior", f"gravel={checkpoint}"),
-        *("--rgi", "lam=0.05", "--data-root", data, "--out", str(tmp_path / "rescored")),
+        *("--rgi", "lam=0.05", "--rgi", "feature_weight=0.5", "--variants", "R-RGI", "RGI"),
+        *("--data-root", data, "--out", str(tmp_path / "rescored")),
         timeout=600,
     )
     (rescored,) = (tmp_path / "rescored").iterdir()
     rescored_rows = json.loads((rescored / "results.json").read_text())["rows"]
-    assert [row["model"] for row in rescored_rows] == [row["model"] for row in rows[:6]]
+    assert [row["model"] for row in rescored_rows] == ["RGI + feature map x0.5", "R-RGI + feature map x0.5"]
     assert all(row["fit_s"] is None and 0 <= row["pixel_AUROC"] <= 1 for row in rescored_rows)
     assert "'lam': 0.05" in (rescored / "table.md").read_text()
     run_script(
