@@ -31,6 +31,16 @@ def test_feature_distance_sees_a_foreign_patch_and_not_an_identical_image():
     assert inside > 3 * corner
 
 
+def test_the_feature_map_leaves_a_seeded_prior_unchanged():
+    torch.manual_seed(0)
+    plain, plain_next_draw = Rgi(**TINY_MODEL), torch.rand(4)
+    torch.manual_seed(0)
+    with_map, with_map_next_draw = Rgi(**TINY_MODEL, feature_weight=0.5), torch.rand(4)
+    torch.testing.assert_close(with_map_next_draw, plain_next_draw)  # training draws the same latents
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(with_map.state_dict()[name], value, equal_nan=True)  # unlearned thresholds: NaN
+
+
 @pytest.fixture(scope="module")
 def fitted_with_features(tiny_data_root, tmp_path_factory):
     engine, model, datamodule = fit_tiny(tiny_data_root, tmp_path_factory.mktemp("features"), feature_weight=0.5)

@@ -153,8 +153,11 @@ class FeatureDistance(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        features = timm.create_model("efficientnet_lite0", pretrained=False, features_only=True, out_indices=(2, 3))
-        load_efficientnet_lite0(features)
+        # Random initialisations overwritten at once; drawn from the global stream, they would give a
+        # seeded fit a different GAN prior with the map than without it.
+        with torch.random.fork_rng(devices=[]):
+            features = timm.create_model("efficientnet_lite0", pretrained=False, features_only=True, out_indices=(2, 3))
+            load_efficientnet_lite0(features)
         # Frozen batch norm: the same in train and eval mode, so Lightning's train() cannot change the map.
         self.features = freeze_batch_norm_2d(features).requires_grad_(False)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
