@@ -39,14 +39,21 @@ METHODS = {
 }
 
 
-def score(model: Rgi, images: torch.Tensor, settings: dict, weights: list[float]) -> dict[float, torch.Tensor]:
-    """Anomaly maps ``(N, H, W)`` of one inversion for each feature weight."""
+def score(
+    model: Rgi, images: torch.Tensor, settings: dict, weights: list[float], features_from: str = "same"
+) -> dict[float, torch.Tensor]:
+    """Anomaly maps ``(N, H, W)`` of one inversion for each feature weight.
+
+    ``features_from="encoder"``: the feature distance is taken to the encoder-start restoration
+    ``G(E(x))`` instead of this inversion's (R-RGI's per-image fine-tuning can learn a defect).
+    """
     torch.manual_seed(0)
     result = model.model.invert(images, **settings)
+    feature_result = model.model.invert(images, **METHODS["encoder"]) if features_from == "encoder" else result
     model.model.feature_weight = 0.0
-    mask_map = model.model.anomaly_map(result)
+    mask_map, feature_mask_map = model.model.anomaly_map(result), model.model.anomaly_map(feature_result)
     model.model.feature_weight = 1.0
-    feature_part = model.model.anomaly_map(result) - mask_map
+    feature_part = model.model.anomaly_map(feature_result) - feature_mask_map
     return {weight: (mask_map + weight * feature_part)[:, 0].cpu() for weight in weights}
 
 
@@ -84,6 +91,12 @@ def main() -> None:
     parser.add_argument("--halves", nargs="+", default=["validation", "test"], choices=("validation", "test"))
     parser.add_argument("--methods", nargs="+", default=["encoder", "rrgi"], choices=sorted(METHODS))
     parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.5, 1.0])
+    parser.add_argument(
+        "--features-from",
+        default="same",
+        choices=("same", "encoder"),
+        help="restoration the feature distance is taken to: the method's own, or the encoder start's",
+    )
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -106,13 +119,16 @@ def main() -> None:
         scale = model.model.calibrate_feature_scale(train)
         for half, (images, masks) in halves.items():
             for method in args.methods:
-                for weight, maps in score(model, images.to(args.device), METHODS[method], args.weights).items():
+                for weight, maps in score(
+                    model, images.to(args.device), METHODS[method], args.weights, args.features_from
+                ).items():
                     row = {
                         "category": args.category,
                         "checkpoint": str(checkpoint),
                         "half": half,
                         "method": method,
                         "feature_weight": weight,
+                        "features_from": args.features_from,
                         "feature_scale": round(scale, 4),
                         **map_quality(maps.numpy(), masks, defects[half]),
                     }
