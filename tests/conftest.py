@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from anomalib.deploy import OpenVINOInferencer
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, seed_everything
 from torch import nn
@@ -68,3 +70,20 @@ def fit_tiny(
     engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1, callbacks=callbacks or [])
     engine.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
     return engine, model, datamodule
+
+
+def zero_step_maps_in_openvino_and_torch(model: Rgi, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Export ``model`` scoring at the encoder's start (closed-form mask); its map from OpenVINO and from torch."""
+    saved = dict(model.model.inversion)
+    model.model.inversion.update(steps=0, mask_solver="closed_form")
+    model.eval()
+    try:
+        path = model.to_openvino(export_root=work)
+        inferencer = OpenVINOInferencer(path=path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+        image = torch.rand(1, 3, 32, 32)
+        reference = model(image)
+        prediction = inferencer.predict(image.numpy())
+    finally:
+        model.model.inversion.clear()
+        model.model.inversion.update(saved)
+    return np.asarray(prediction.anomaly_map).squeeze(), reference.anomaly_map.squeeze().detach().numpy()
