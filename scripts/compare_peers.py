@@ -257,10 +257,10 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
     if job == "rgi" and args.variants:
         variants = {name: settings for name, settings in variants.items() if name in args.variants}
     feature_weight = model.model.feature_weight if job == "rgi" else 0
+    suffix = f" + feature map x{feature_weight:g}" if feature_weight else ""
     rows = []
-    for name, settings in variants.items():
-        if feature_weight:
-            name = f"{name} + feature map x{feature_weight:g}"  # noqa: PLW2901  (the row's name says what was scored)
+    for variant, settings in variants.items():
+        name = variant + suffix
         if settings is not None:
             model.model.inversion.update({"finetune_lr": args.finetune_lr, **settings})
             engine.validate(model=model, datamodule=datamodule)
