@@ -26,17 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from prior_ensemble import METHODS  # the same three scorings as the ensemble experiment
 
 from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import load_test_split, split_defect_types
 from anomalib_rgi.inpainting import load_images
 from anomalib_rgi.metrics import map_quality
-
-METHODS = {
-    "encoder": {"steps": 0, "mask_solver": "closed_form", "finetune_steps": 0},
-    "rgi": {"steps": 200, "mask_solver": "adam", "finetune_steps": 0},
-    "rrgi": {"steps": 200, "mask_solver": "adam", "finetune_steps": 50, "finetune_lr": 1e-4},
-}
 
 
 def score(

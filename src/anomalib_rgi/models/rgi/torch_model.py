@@ -312,6 +312,9 @@ class RgiModel(nn.Module):
     def _smooth(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         return self.blur(anomaly_map) if self.blur is not None else anomaly_map
 
+    def _mask_map(self, result: InversionResult) -> torch.Tensor:
+        return self._smooth(result.mask.abs().mean(dim=1, keepdim=True))
+
     def _feature_map(self, result: InversionResult) -> torch.Tensor:
         return self._smooth(self.feature_distance((result.target + 1) / 2, (result.restored.clamp(-1, 1) + 1) / 2))
 
@@ -320,7 +323,7 @@ class RgiModel(nn.Module):
 
         No per-image normalisation: one threshold serves every image.
         """
-        anomaly_map = self._smooth(result.mask.abs().mean(dim=1, keepdim=True))
+        anomaly_map = self._mask_map(result)
         if self.feature_distance is None:
             return anomaly_map
         if not is_tracing() and torch.isnan(self.feature_scale):
@@ -350,7 +353,7 @@ class RgiModel(nn.Module):
             msg = "This model has no feature distance to calibrate (feature_weight=0)."
             raise RuntimeError(msg)
         result = self.invert(images, steps=0, mask_solver="closed_form", finetune_steps=0)
-        mask_map = self._smooth(result.mask.abs().mean(dim=1, keepdim=True))
+        mask_map = self._mask_map(result)
         feature_map = self._feature_map(result)
         scale = mask_map.flatten().quantile(0.99) / feature_map.flatten().quantile(0.99).clamp_min(1e-6)
         self.feature_scale.copy_(scale)
