@@ -35,38 +35,50 @@ from anomalib_rgi.metrics import map_quality
 
 
 def score(
-    model: Rgi, images: torch.Tensor, settings: dict, weights: list[float], features_from: str = "same"
-) -> dict[float, torch.Tensor]:
-    """Anomaly maps ``(N, H, W)`` of one inversion for each feature weight.
+    model: Rgi, images: torch.Tensor, settings: dict, weights: list[float], features_from: list[str]
+) -> dict[tuple[str, float], torch.Tensor]:
+    """Anomaly maps ``(N, H, W)`` of one inversion for each feature reference and weight.
 
-    ``features_from="encoder"``: the feature distance is taken to the encoder-start restoration
-    ``G(E(x))`` instead of this inversion's (R-RGI's per-image fine-tuning can learn a defect).
+    ``"same"``: the feature distance is taken to this inversion's restoration; ``"encoder"``: to the
+    encoder-start restoration ``G(E(x))`` (R-RGI's per-image fine-tuning can learn a defect).
     """
     torch.manual_seed(0)
     result = model.model.invert(images, **settings)
-    feature_result = model.model.invert(images, **METHODS["encoder"]) if features_from == "encoder" else result
+    references = {"same": result}
+    if "encoder" in features_from:
+        references["encoder"] = model.model.invert(images, **METHODS["encoder"])
     model.model.feature_weight = 0.0
-    mask_map, feature_mask_map = model.model.anomaly_map(result), model.model.anomaly_map(feature_result)
-    model.model.feature_weight = 1.0
-    feature_part = model.model.anomaly_map(feature_result) - feature_mask_map
-    return {weight: (mask_map + weight * feature_part)[:, 0].cpu() for weight in weights}
+    mask_map = model.model.anomaly_map(result)
+    maps = {}
+    for source in features_from:
+        reference = references[source]
+        model.model.feature_weight = 0.0
+        reference_mask_map = model.model.anomaly_map(reference)
+        model.model.feature_weight = 1.0
+        feature_part = model.model.anomaly_map(reference) - reference_mask_map
+        maps.update({(source, weight): (mask_map + weight * feature_part)[:, 0].cpu() for weight in weights})
+    return maps
 
 
 def summarise(path: Path) -> None:
     """Print, per category, method and weight: test means per epoch and the validated epoch choice."""
-    table = defaultdict(dict)  # (category, method, weight) -> {(seed, epoch, half): row}
+    table = defaultdict(dict)  # (category, method, features from, weight) -> {(seed, epoch, half): row}
     for line in path.read_text().splitlines():
         row = json.loads(line)
         seed, epoch = re.search(r"-s(\d+)-e(\d+)\.ckpt$", row["checkpoint"]).groups()
-        table[row["category"], row["method"], row["feature_weight"]][int(seed), int(epoch), row["half"]] = row
+        key = row["category"], row["method"], row.get("features_from", "same"), row["feature_weight"]
+        table[key][int(seed), int(epoch), row["half"]] = row
 
     def cell(rows: list[dict]) -> str:
         auroc, dice = (np.mean([row[key] for row in rows]) for key in ("pixel_auroc", "best_dataset_dice"))
         return f"{auroc:.3f} / {dice:.3f}"
 
-    print("| category | method | feature weight | test, seed mean per epoch | epoch chosen on validation | foreign |")
-    print("|---|---|---|---|---|---|")
-    for (category, method, weight), rows in sorted(table.items()):
+    print(
+        "| category | method | features from | feature weight | test, seed mean per epoch"
+        " | epoch chosen on validation | foreign |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for (category, method, features_from, weight), rows in sorted(table.items()):
         seeds, epochs = sorted({key[0] for key in rows}), sorted({key[1] for key in rows})
         per_epoch = ", ".join(f"e{epoch} {cell([rows[seed, epoch, 'test'] for seed in seeds])}" for epoch in epochs)
         chosen = [
@@ -74,7 +86,8 @@ def summarise(path: Path) -> None:
             for seed in seeds
         ]
         foreign = np.mean([row.get("foreign", np.nan) for row in chosen])
-        print(f"| {category} | {method} | {weight:g} | {per_epoch} | {cell(chosen)} | {foreign:.2f} |")
+        cells = f"{per_epoch} | {cell(chosen)} | {foreign:.2f}"
+        print(f"| {category} | {method} | {features_from} | {weight:g} | {cells} |")
 
 
 def main() -> None:
@@ -88,9 +101,10 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.5, 1.0])
     parser.add_argument(
         "--features-from",
-        default="same",
+        nargs="+",
+        default=["same"],
         choices=("same", "encoder"),
-        help="restoration the feature distance is taken to: the method's own, or the encoder start's",
+        help="restorations the feature distance is taken to: the method's own, the encoder start's, or both",
     )
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -114,7 +128,7 @@ def main() -> None:
         scale = model.model.calibrate_feature_scale(train)
         for half, (images, masks) in halves.items():
             for method in args.methods:
-                for weight, maps in score(
+                for (features_from, weight), maps in score(
                     model, images.to(args.device), METHODS[method], args.weights, args.features_from
                 ).items():
                     row = {
@@ -123,7 +137,7 @@ def main() -> None:
                         "half": half,
                         "method": method,
                         "feature_weight": weight,
-                        "features_from": args.features_from,
+                        "features_from": features_from,
                         "feature_scale": round(scale, 4),
                         **map_quality(maps.numpy(), masks, defects[half]),
                     }

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from anomalib.engine import Engine
 
 from anomalib_rgi import Rgi
+from anomalib_rgi.data import RgiTextures
 from anomalib_rgi.data.textures import load_photograph
 from anomalib_rgi.models.rgi.torch_model import FeatureDistance
 
-from .conftest import TINY_MODEL, fit_tiny, zero_step_maps_in_openvino_and_torch
+from .conftest import TINY_DATA, TINY_MODEL, fit_tiny, zero_step_maps_in_openvino_and_torch
 
 
 def _crop(category: str, size: int = 64) -> torch.Tensor:
@@ -73,25 +76,47 @@ def test_calibration_puts_the_weighted_feature_part_at_the_mask_maps_scale(fitte
     torch.testing.assert_close(feature_part.quantile(0.99), mask_map.quantile(0.99), rtol=1e-3, atol=1e-6)
 
 
-def test_a_prior_trained_without_the_map_is_scored_with_it_only_after_calibration(fitted_with_features, tmp_path):
-    engine, _, datamodule = fitted_with_features
+def _plain_checkpoint(engine: Engine, work: Path) -> Path:
+    """The fitted prior's checkpoint with the feature map taken out: a prior trained without it."""
     checkpoint = engine.trainer.checkpoint_callback.best_model_path
     plain = Rgi.load_from_checkpoint(checkpoint, feature_weight=0.0)
     assert plain.model.feature_distance is None
     assert not any("feature" in name for name in plain.state_dict())
-    plain_path = tmp_path / "plain.ckpt"
+    plain_path = work / "plain.ckpt"
     torch.save({**torch.load(checkpoint, weights_only=True), "state_dict": plain.state_dict()}, plain_path)
+    return plain_path
+
+
+def test_a_prior_trained_without_the_map_is_scored_with_it_only_after_calibration(fitted_with_features, tmp_path):
+    engine, _, datamodule = fitted_with_features
+    plain_path = _plain_checkpoint(engine, tmp_path)
     with_map = Rgi.load_from_checkpoint(plain_path, feature_weight=0.5).eval()
+    plain_threshold = float(with_map.post_processor.pixel_threshold)
     images = torch.rand(2, 3, 32, 32)
     with pytest.raises(RuntimeError, match="calibrate_feature_scale"):
         with_map(images)
-    # anomalib test with a datamodule: calibrated on its training images, then scored
-    metrics = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1).test(
-        model=with_map, datamodule=datamodule
-    )[0]
+    # anomalib test with a datamodule: calibrated on its training images, thresholds learned again, scored
+    test_engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
+    metrics = test_engine.test(model=with_map, datamodule=datamodule)[0]
     assert float(with_map.model.feature_scale) > 0
     assert 0 <= metrics["pixel_AUROC"] <= 1
     assert torch.isfinite(with_map.eval()(images).anomaly_map).all()
+    relearned = float(with_map.post_processor.pixel_threshold)
+    assert relearned != pytest.approx(plain_threshold)
+    validated = Rgi.load_from_checkpoint(plain_path, feature_weight=0.5)
+    Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1).validate(
+        model=validated, datamodule=datamodule
+    )
+    assert relearned == pytest.approx(float(validated.post_processor.pixel_threshold), rel=1e-4)
+
+
+def test_stale_thresholds_without_validation_images_are_refused(fitted_with_features, tiny_data_root, tmp_path):
+    engine, _, _ = fitted_with_features
+    with_map = Rgi.load_from_checkpoint(_plain_checkpoint(engine, tmp_path), feature_weight=0.5)
+    no_validation = RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA, val_split_mode="none")
+    test_engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
+    with pytest.raises(RuntimeError, match="thresholds were learned without the feature map"):
+        test_engine.test(model=with_map, datamodule=no_validation)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
+from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
@@ -722,33 +723,74 @@ class Rgi(AnomalibModule):
         batch.restored = (result.restored + 1.0) / 2.0
         return batch
 
-    def _calibrate_from_training_data(self) -> None:
+    def _calibrate_from_training_data(self) -> bool:
         """Calibrate a feature map the prior was trained without, on the attached training images.
 
         Lets ``anomalib validate/test/predict --model.feature_weight 0.5 --ckpt_path <plain prior>`` work;
         without training images scoring stops and says how to calibrate.
+
+        Returns:
+            bool: Whether the map was calibrated now (the checkpoint's thresholds predate it).
+
         """
         if self.model.feature_distance is None or not torch.isnan(self.model.feature_scale):
-            return
+            return False
         train_data = getattr(getattr(self._trainer, "datamodule", None), "train_data", None)
         if not train_data:
-            return
+            return False
         resize = self.pre_processor if isinstance(self.pre_processor, PreProcessor) else nn.Identity()
         images = torch.cat([resize(train_data[index].image[None]) for index in range(min(32, len(train_data)))])
         scale = self.model.calibrate_feature_scale(images.to(self.device))
         logger.info("Rgi: feature map calibrated on %d training images (feature_scale %.3f).", len(images), scale)
+        return True
+
+    def _relearn_thresholds(self) -> None:
+        """Learn the thresholds and normalisation again on the validation images, as ``validate`` would.
+
+        The checkpoint's were learned on the mask map alone; with the feature part added the map has
+        another scale, so its pixel and image labels (and the Dice at the learned threshold) would be
+        wrong.
+        """
+        post_processor = self.post_processor
+        if not isinstance(post_processor, PostProcessor):
+            return
+        learned = post_processor.pixel_threshold.clone()
+        datamodule = self.trainer.datamodule
+        if not getattr(datamodule, "val_data", None):
+            if torch.isnan(learned):
+                return
+            msg = (
+                "Rgi: this prior's thresholds were learned without the feature map, and the datamodule has "
+                "no validation images to learn them again with it. Give the datamodule validation images "
+                "(val_split_mode), score with feature_weight 0, or train the prior with the feature map."
+            )
+            raise RuntimeError(msg)
+        for index, loaded in enumerate(datamodule.val_dataloader()):
+            batch = move_data_to_device(loaded, self.device)
+            if isinstance(self.pre_processor, PreProcessor):
+                self.pre_processor.on_validation_batch_start(self.trainer, self, batch, index)
+            post_processor.on_validation_batch_end(self.trainer, self, self._score(batch), batch, index)
+        post_processor.on_validation_epoch_end(self.trainer, self)
+        logger.info(
+            "Rgi: thresholds learned again with the feature map on %d validation images (pixel %.4g -> %.4g).",
+            len(datamodule.val_data),
+            learned,
+            post_processor.pixel_threshold,
+        )
 
     def on_validation_start(self) -> None:
-        """Calibrate the feature map if the prior was trained without it."""
+        """Calibrate the feature map if the prior was trained without it (validation then learns thresholds)."""
         self._calibrate_from_training_data()
 
     def on_test_start(self) -> None:
-        """Calibrate the feature map if the prior was trained without it."""
-        self._calibrate_from_training_data()
+        """Calibrate the feature map if the prior was trained without it, and learn its thresholds."""
+        if self._calibrate_from_training_data():
+            self._relearn_thresholds()
 
     def on_predict_start(self) -> None:
-        """Calibrate the feature map if the prior was trained without it."""
-        self._calibrate_from_training_data()
+        """Calibrate the feature map if the prior was trained without it, and learn its thresholds."""
+        if self._calibrate_from_training_data():
+            self._relearn_thresholds()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score validation images; the post-processor learns thresholds from them."""
