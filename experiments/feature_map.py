@@ -13,7 +13,8 @@ python experiments/feature_map.py --category gravel --checkpoints results/ensemb
 ``--summarise ROWS``: for rows of priors named ``<category>-...-s<seed>-e<epoch>.ckpt`` (what
 ``GRID=features bash experiments/gpu_prior_grid.sh`` writes), the test half's mean over seeds per
 epoch, and the epoch each seed's validation Dice chooses (what ``select_epoch_every`` keeps), per
-category, method and weight: pixel AUROC / best dataset Dice, and foreign material's pixel AUROC.
+category, method, feature reference and weight: pixel AUROC / best dataset Dice, and foreign
+material's pixel AUROC. A checkpoint named otherwise counts as one seed with one epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import json
 import re
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,23 +41,19 @@ def score(
 ) -> dict[tuple[str, float], torch.Tensor]:
     """Anomaly maps ``(N, H, W)`` of one inversion for each feature reference and weight.
 
-    ``"same"``: the feature distance is taken to this inversion's restoration; ``"encoder"``: to the
-    encoder-start restoration ``G(E(x))`` (R-RGI's per-image fine-tuning can learn a defect).
+    ``"encoder"``: the feature distance is taken to the prior's image at the encoder's latent,
+    ``G(E(x))`` (what ``Rgi`` does since session 14); ``"same"``: to this inversion's restoration
+    (session 13's map; R-RGI's per-image fine-tuning can learn a defect).
     """
     torch.manual_seed(0)
     result = model.model.invert(images, **settings)
-    references = {"same": result}
-    if "encoder" in features_from:
-        references["encoder"] = model.model.invert(images, **METHODS["encoder"])
+    references = {"same": replace(result, start=result.restored), "encoder": result}
     model.model.feature_weight = 0.0
     mask_map = model.model.anomaly_map(result)
+    model.model.feature_weight = 1.0
     maps = {}
     for source in features_from:
-        reference = references[source]
-        model.model.feature_weight = 0.0
-        reference_mask_map = model.model.anomaly_map(reference)
-        model.model.feature_weight = 1.0
-        feature_part = model.model.anomaly_map(reference) - reference_mask_map
+        feature_part = model.model.anomaly_map(references[source]) - mask_map
         maps.update({(source, weight): (mask_map + weight * feature_part)[:, 0].cpu() for weight in weights})
     return maps
 
@@ -65,9 +63,10 @@ def summarise(path: Path) -> None:
     table = defaultdict(dict)  # (category, method, features from, weight) -> {(seed, epoch, half): row}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        seed, epoch = re.search(r"-s(\d+)-e(\d+)\.ckpt$", row["checkpoint"]).groups()
+        named = re.search(r"-s(\d+)-e(\d+)\.ckpt$", row["checkpoint"])
+        seed, epoch = (named.group(1), int(named.group(2))) if named else (row["checkpoint"], 0)
         key = row["category"], row["method"], row.get("features_from", "same"), row["feature_weight"]
-        table[key][int(seed), int(epoch), row["half"]] = row
+        table[key][seed, epoch, row["half"]] = row
 
     def cell(rows: list[dict]) -> str:
         auroc, dice = (np.mean([row[key] for row in rows]) for key in ("pixel_auroc", "best_dataset_dice"))
@@ -102,9 +101,9 @@ def main() -> None:
     parser.add_argument(
         "--features-from",
         nargs="+",
-        default=["same"],
+        default=["encoder"],
         choices=("same", "encoder"),
-        help="restorations the feature distance is taken to: the method's own, the encoder start's, or both",
+        help="what the feature distance compares the input with: the method's restoration, G(E(x)), or both",
     )
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

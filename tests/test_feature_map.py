@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,21 @@ def test_calibration_puts_the_weighted_feature_part_at_the_mask_maps_scale(fitte
     feature_part = rgi.anomaly_map(result) - mask_map
     rgi.feature_weight = 0.5
     torch.testing.assert_close(feature_part.quantile(0.99), mask_map.quantile(0.99), rtol=1e-3, atol=1e-6)
+
+
+def test_the_feature_map_sees_a_defect_the_fine_tuning_learned(fitted_with_features):
+    _, model, _ = fitted_with_features
+    rgi = model.model
+    patched = _crop("grass", 32)
+    patched[..., 8:24, 8:24] = _crop("brick", 32)[..., 8:24, 8:24]
+    result = rgi.invert(patched, steps=0, mask_solver="closed_form", finetune_steps=0)
+    memorised = replace(result, restored=result.target)  # as if R-RGI's per-image weights reproduced the image
+    rgi.feature_weight = 0.0
+    mask_map = rgi.anomaly_map(memorised)
+    rgi.feature_weight = 1.0
+    feature_part = (rgi.anomaly_map(memorised) - mask_map)[0, 0]
+    rgi.feature_weight = 0.5
+    assert feature_part[12:20, 12:20].mean() > 2 * feature_part[:4, :4].mean() > 0
 
 
 def _plain_checkpoint(engine: Engine, work: Path) -> Path:

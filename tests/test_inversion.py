@@ -78,6 +78,10 @@ def test_rrgi_never_changes_trained_weights_and_images_do_not_leak():
     assert torch.allclose(both.restored[:1], alone.restored, atol=1e-5)
     rgi_only = invert(generator, images[:1], start[:1], lam=0.1, steps=10)
     assert not torch.allclose(rgi_only.restored, alone.restored, atol=1e-4), "fine-tuning had no effect"
+    with torch.no_grad():
+        trained_start = generator(start)
+    torch.testing.assert_close(both.start, trained_start)  # the trained weights' image, not the fine-tuned
+    assert not torch.allclose(both.start, both.restored, atol=1e-3)
 
 
 def test_inversion_works_under_inference_mode(linear_generator):
@@ -109,6 +113,7 @@ def test_zero_steps_of_plain_inversion_is_the_start_residual(linear_generator):
     result = invert(linear_generator, images, start, steps=0, mask_solver="none")
     with torch.no_grad():
         assert torch.allclose(result.mask, images - linear_generator(start), atol=1e-6)
+    assert torch.equal(result.restored, result.start)
 
 
 def test_non_finite_images_and_mismatched_latents_are_refused(linear_generator):

@@ -41,6 +41,9 @@ class InversionResult:
         latent (torch.Tensor): The optimised latent ``z``.
         loss (torch.Tensor): The final objective per image, ``(N,)``.
         target (torch.Tensor): The inverted images themselves, in [-1, 1], ``(N, C, H, W)``.
+        start (torch.Tensor): The trained generator's image at the starting latent, ``G(z_0)``, in
+            [-1, 1], ``(N, C, H, W)``: the prior's guess before the steps (and R-RGI's fine-tuning)
+            could fit a defect.
 
     """
 
@@ -49,6 +52,7 @@ class InversionResult:
     latent: torch.Tensor
     loss: torch.Tensor
     target: torch.Tensor
+    start: torch.Tensor
 
 
 def is_tracing() -> bool:
@@ -209,7 +213,7 @@ def invert(
             with mask, or Pan et al. with ``finetune_steps``).
 
     Returns:
-        InversionResult: Restored images, masks, latents and final losses.
+        InversionResult: Restored images, masks, latents, final losses and the starting images.
 
     Raises:
         ValueError: On an unknown solver, negative step counts, a non-positive ``lam`` for a robust
@@ -262,6 +266,8 @@ def invert(
                 loss = loss - critic_weight * realism(critic, restored)
             return loss
 
+        with torch.no_grad():
+            start = generate(latent, None)
         params = [latent] + ([mask] if mask_solver == "adam" else [])
         states = [_AdamState(torch.zeros_like(latent), torch.zeros_like(latent), lr)]
         if mask_solver == "adam":
@@ -283,7 +289,7 @@ def invert(
                 _adam_step(params, grads, states)
 
         with torch.no_grad():
-            restored = generate(latent, per_image)
+            restored = generate(latent, per_image) if steps + finetune_steps else start
             if mask_solver == "closed_form":
                 mask = closed_form_mask(target - restored, lam)
             final_loss = objective(restored)
@@ -294,4 +300,5 @@ def invert(
             latent=latent.detach().clone(),
             loss=final_loss.detach().clone(),
             target=target,
+            start=start,
         )

@@ -144,10 +144,11 @@ class Rgi(AnomalibModule):
             pixel AUROC by 0.05 to 0.1 in our measurements.
         feature_weight (float): 0: the anomaly map is the mask ``|M|`` alone (the paper's). Above 0: plus
             this weight times the distance between the ImageNet features (EfficientNet-Lite0, shipped
-            offline) of the input and of its restoration, in the mask map's units (their ratio is
-            calibrated on training crops after every training epoch). It sees foreign material that the
-            prior restores as a blur, which the mask misses on stochastic textures (docs/experiments.md,
-            session 13).
+            offline) of the input and of the prior's image at the inversion's starting latent (the
+            steps, and R-RGI's fine-tuning above all, can learn part of a defect), in the mask map's
+            units (their ratio is calibrated on training crops after every training epoch). It sees
+            foreign material that the prior restores as a blur, which the mask misses on stochastic
+            textures (docs/experiments.md, sessions 13 and 14).
         min_sample_diversity (float): Training stops with :class:`ModeCollapseError`, before that
             epoch's checkpoint is written, when the epoch mean of :func:`sample_diversity` stays below
             this (0 switches the check off). Trained priors measure 0.9 to 1.1, fresh ones 1.2 to

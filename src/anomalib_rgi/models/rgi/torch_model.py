@@ -194,9 +194,10 @@ class RgiModel(nn.Module):
         finetune_steps (int): R-RGI steps with per-image generator weights (0 = RGI).
         finetune_lr (float): Learning rate of the generator weights in R-RGI.
         map_sigma (float): Gaussian smoothing of the anomaly map, in pixels (0 = none).
-        feature_weight (float): Weight of the :class:`FeatureDistance` between input and restoration
-            added to the mask map (0 = the mask alone, the paper's map). Its scale is matched to the
-            mask map's by :meth:`calibrate_feature_scale`.
+        feature_weight (float): Weight of the :class:`FeatureDistance` between the input and the
+            prior's image at the starting latent (``InversionResult.start``), added to the mask map
+            (0 = the mask alone, the paper's map). Its scale is matched to the mask map's by
+            :meth:`calibrate_feature_scale`.
 
     """
 
@@ -316,7 +317,10 @@ class RgiModel(nn.Module):
         return self._smooth(result.mask.abs().mean(dim=1, keepdim=True))
 
     def _feature_map(self, result: InversionResult) -> torch.Tensor:
-        return self._smooth(self.feature_distance((result.target + 1) / 2, (result.restored.clamp(-1, 1) + 1) / 2))
+        # To the prior's image at the starting latent, not the final restoration: the steps, and
+        # R-RGI's per-image fine-tuning above all, learn part of a defect (docs/experiments.md,
+        # 2026-11-27 session 14).
+        return self._smooth(self.feature_distance((result.target + 1) / 2, (result.start.clamp(-1, 1) + 1) / 2))
 
     def anomaly_map(self, result: InversionResult) -> torch.Tensor:
         """Pixel anomaly map ``mean_c |M|`` (plus the weighted feature distance), ``(N, 1, H, W)``.

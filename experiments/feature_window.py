@@ -1,0 +1,86 @@
+"""Is the feature distance better when it tolerates misplaced grains (issue #5)?
+
+A prior restores a stochastic texture with its grains in other places than the input's, so the
+per-pixel feature distance is high on normal texture too. This probe takes, for each input feature,
+the best cosine match among the restoration's features in a ``(2r+1) x (2r+1)`` window (r = 0 is the
+shipped :class:`~anomalib_rgi.models.rgi.torch_model.FeatureDistance`), calibrates each as
+``Rgi`` does, and prints one JSON row per prior, radius, weight and half.
+
+python experiments/feature_window.py --category grass --method encoder \
+    --checkpoints results/ensemble/grass-w8-s0-e30.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from prior_ensemble import METHODS
+
+from anomalib_rgi import Rgi
+from anomalib_rgi.data.textures import load_test_split, split_defect_types
+from anomalib_rgi.inpainting import load_images
+from anomalib_rgi.metrics import map_quality
+from anomalib_rgi.models.rgi.torch_model import FeatureDistance
+
+
+class WindowedFeatureDistance(FeatureDistance):
+    """``1 - `` the best cosine between an input feature and the restoration's within ``radius`` cells."""
+
+    radius = 0
+
+    def forward(self, images: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        """Mean over the feature levels, upsampled to ``(N, 1, H, W)``."""
+        both = torch.cat([images, restored]).expand(-1, 3, -1, -1)
+        size, distances = 2 * self.radius + 1, []
+        for level in self.features((both - self.mean) / self.std):
+            image_features, restored_features = F.normalize(level, dim=1).chunk(2)
+            n, c, h, w = restored_features.shape
+            padded = F.pad(restored_features, [self.radius] * 4, mode="replicate")
+            window = F.unfold(padded, size).view(n, c, size * size, h, w)
+            cosine = (image_features.unsqueeze(2) * window).sum(1).amax(1, keepdim=True)
+            distances.append(F.interpolate(1 - cosine, size=images.shape[-2:], mode="bilinear", align_corners=False))
+        return torch.stack(distances).mean(dim=0)
+
+
+def main() -> None:
+    """Score each prior once per half; the map for every radius and weight; print JSON rows."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--checkpoints", nargs="+", type=Path, required=True)
+    parser.add_argument("--method", default="encoder", choices=sorted(METHODS))
+    parser.add_argument("--radii", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0, 2.0])
+    parser.add_argument("--data-root", default="datasets/rgi_textures")
+    args = parser.parse_args()
+    halves = {half: load_test_split(args.data_root, args.category, half=half) for half in ("validation", "test")}
+    defects = {half: split_defect_types(args.data_root, args.category, half=half) for half in halves}
+    train_paths = sorted((Path(args.data_root) / args.category / "train" / "good").glob("*.png"))[:32]
+    for checkpoint in args.checkpoints:
+        model = Rgi.load_from_checkpoint(checkpoint, map_location="cpu", feature_weight=1.0).eval()
+        rgi = model.model
+        rgi.feature_distance.__class__ = WindowedFeatureDistance
+        train = load_images(train_paths, rgi.image_size)
+        torch.manual_seed(0)
+        settings = METHODS[args.method]
+        results = {half: (rgi.invert(images, **settings), masks) for half, (images, masks) in halves.items()}
+        for radius in args.radii:
+            rgi.feature_distance.radius = radius
+            scale = rgi.calibrate_feature_scale(train)
+            for half, (result, masks) in results.items():
+                rgi.feature_weight = 0.0
+                mask_map = rgi.anomaly_map(result)
+                rgi.feature_weight = 1.0
+                feature_part = rgi.anomaly_map(result) - mask_map
+                for weight in args.weights:
+                    quality = map_quality((mask_map + weight * feature_part)[:, 0].numpy(), masks, defects[half])
+                    row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}
+                    row |= {"radius": radius, "feature_weight": weight, "half": half, "feature_scale": round(scale, 4)}
+                    print(json.dumps(row | quality), flush=True)
+
+
+if __name__ == "__main__":
+    main()
