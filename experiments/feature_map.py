@@ -13,8 +13,9 @@ python experiments/feature_map.py --category gravel --checkpoints results/ensemb
 ``--summarise ROWS``: for rows of priors named ``<category>-...-s<seed>-e<epoch>.ckpt`` (what
 ``GRID=features bash experiments/gpu_prior_grid.sh`` writes), the test half's mean over seeds per
 epoch, and the epoch each seed's validation Dice chooses (what ``select_epoch_every`` keeps), per
-category, method, feature reference and weight: pixel AUROC / best dataset Dice, and foreign
-material's pixel AUROC. A checkpoint named otherwise counts as one seed with one epoch.
+category, method, feature reference and weight: pixel AUROC / best dataset Dice (of the chosen
+epochs: validation and test), and foreign material's pixel AUROC. A checkpoint named otherwise
+counts as one seed with one epoch.
 """
 
 from __future__ import annotations
@@ -74,18 +75,25 @@ def summarise(path: Path) -> None:
 
     print(
         "| category | method | features from | feature weight | test, seed mean per epoch"
-        " | epoch chosen on validation | foreign |"
+        " | epoch chosen on validation: validation | test | foreign |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for (category, method, features_from, weight), rows in sorted(table.items()):
-        seeds, epochs = sorted({key[0] for key in rows}), sorted({key[1] for key in rows})
-        per_epoch = ", ".join(f"e{epoch} {cell([rows[seed, epoch, 'test'] for seed in seeds])}" for epoch in epochs)
-        chosen = [
-            rows[seed, max(epochs, key=lambda epoch: rows[seed, epoch, "validation"]["best_dataset_dice"]), "test"]
-            for seed in seeds
-        ]
+        epochs_of = defaultdict(set)  # a prior named otherwise has only its own epoch
+        for seed, epoch, _ in rows:
+            epochs_of[seed].add(epoch)
+        per_epoch = ", ".join(
+            f"e{epoch} {cell([rows[seed, epoch, 'test'] for seed in epochs_of if epoch in epochs_of[seed]])}"
+            for epoch in sorted(set().union(*epochs_of.values()))
+        )
+        choice = {
+            seed: max(epochs, key=lambda epoch: rows[seed, epoch, "validation"]["best_dataset_dice"])
+            for seed, epochs in epochs_of.items()
+        }
+        validation = [rows[seed, epoch, "validation"] for seed, epoch in choice.items()]
+        chosen = [rows[seed, epoch, "test"] for seed, epoch in choice.items()]
         foreign = np.mean([row.get("foreign", np.nan) for row in chosen])
-        cells = f"{per_epoch} | {cell(chosen)} | {foreign:.2f}"
+        cells = f"{per_epoch} | {cell(validation)} | {cell(chosen)} | {foreign:.2f}"
         print(f"| {category} | {method} | {features_from} | {weight:g} | {cells} |")
 
 
