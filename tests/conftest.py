@@ -72,10 +72,10 @@ def fit_tiny(
     return engine, model, datamodule
 
 
-def zero_step_maps_in_openvino_and_torch(model: Rgi, work: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Export ``model`` scoring at the encoder's start (closed-form mask); its map from OpenVINO and from torch."""
+def maps_in_openvino_and_torch(model: Rgi, work: Path, **inversion: object) -> tuple[np.ndarray, np.ndarray]:
+    """Export ``model`` with these inversion settings (default: its own); its map from OpenVINO and from torch."""
     saved = dict(model.model.inversion)
-    model.model.inversion.update(steps=0, mask_solver="closed_form")
+    model.model.inversion.update(inversion)
     model.eval()
     try:
         path = model.to_openvino(export_root=work)

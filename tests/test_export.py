@@ -16,7 +16,7 @@ from PIL import Image
 
 from anomalib_rgi import Rgi, RgiTextures
 
-from .conftest import TINY_DATA, TINY_MODEL, zero_step_maps_in_openvino_and_torch
+from .conftest import TINY_DATA, TINY_MODEL, maps_in_openvino_and_torch
 
 
 @pytest.fixture(scope="module")
@@ -133,5 +133,5 @@ def test_adam_update_survives_openvino(tmp_path):
 def test_zero_step_closed_form_scoring_exports_and_matches_torch(exported, tmp_path):
     """The cheapest setting (z held at the encoder's start, closed-form mask) is a graph without loop."""
     model, _, _ = exported
-    exported_map, torch_map = zero_step_maps_in_openvino_and_torch(model, tmp_path)
+    exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path, steps=0, mask_solver="closed_form")
     np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)

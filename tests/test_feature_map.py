@@ -15,7 +15,7 @@ from anomalib_rgi.data import RgiTextures
 from anomalib_rgi.data.textures import load_photograph
 from anomalib_rgi.models.rgi.torch_model import FeatureDistance
 
-from .conftest import TINY_DATA, TINY_MODEL, fit_tiny, zero_step_maps_in_openvino_and_torch
+from .conftest import TINY_DATA, TINY_MODEL, fit_tiny, maps_in_openvino_and_torch
 
 
 def _crop(category: str, size: int = 64) -> torch.Tensor:
@@ -146,7 +146,8 @@ def test_bad_feature_settings_are_refused(settings, message):
         RgiModel(image_size=32, latent_stride=4, latent_channels=4, base_channels=4, **settings)
 
 
-def test_the_feature_map_exports_and_matches_torch(fitted_with_features, tmp_path):
+@pytest.mark.parametrize("inversion", [{"steps": 0, "mask_solver": "closed_form"}, {}], ids=["0 steps", "3 steps"])
+def test_the_feature_map_exports_and_matches_torch(fitted_with_features, tmp_path, inversion):
     _, model, _ = fitted_with_features
-    exported_map, torch_map = zero_step_maps_in_openvino_and_torch(model, tmp_path)
+    exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path, **inversion)
     np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)
