@@ -33,9 +33,15 @@ EXAMPLES = 3
 
 def load(runs: list[Path]) -> tuple[list[dict], dict[str, dict[str, dict]], str]:
     """Rows, test outputs per category and model, and the machine line of the runs."""
-    rows, maps, machines = [], {}, set()
+    rows, maps, machines, source = [], {}, set(), {}
     for run in runs:
         result = json.loads((run / "results.json").read_text())
+        for row in result["rows"]:
+            key = row["category"], row["model"]
+            if key in source:
+                msg = f"{key[1]!r} on {key[0]} is in two runs ({source[key]} and {run}): give one run per model."
+                raise SystemExit(msg)
+            source[key] = run
         rows += result["rows"]
         machines.add(result["machine"])
         for path in sorted((run / "maps").glob("*/*.npz")):

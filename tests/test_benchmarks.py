@@ -61,6 +61,15 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     (columns,) = [line for line in defects.splitlines() if line.startswith("| gravel: model |")]
     assert set(columns.strip("| ").split(" | ")[1:]) <= set(DEFECT_TYPES)  # those in the tiny test half
     assert "| R-RGI, 0 steps (encoder start, closed-form mask) | 0." in defects
+    twice = subprocess.run(
+        [sys.executable, str(SCRIPTS / "report_peers.py"), str(run), str(run), "--out", str(tmp_path / "twice")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert twice.returncode != 0
+    assert "in two runs" in twice.stderr  # maps of one would silently replace the other's
 
     # the other two benchmarks, on the tiny RGI prior the comparison trained
     (checkpoint,) = run.glob("runs/gravel/rgi/**/model.ckpt")
