@@ -10,7 +10,8 @@
 # GRID=recon: the reconstruction-weight grid of 2026-11-27 (below).
 # GRID=epochs: the default prior's epoch curve over seeds, 2026-11-27 (below).
 # GRID=features: the default prior over seeds, each saved epoch then scored with and without the
-#   feature map by experiments/feature_map.py (rows in $OUT/features.jsonl), 2026-11-27 session 13.
+#   feature map by experiments/feature_map.py (rows in $OUT/features.jsonl), 2026-11-27 session 13;
+#   since session 14 with both feature references (the method's restoration and G(E(x)), the default).
 #
 #   device run:  GRID=... bash experiments/gpu_prior_grid.sh
 #     carry: .whl datasets/rgi_textures/brick datasets/rgi_textures/grass datasets/rgi_textures/gravel
@@ -121,7 +122,8 @@ if [ "${GRID:-}" = features ]; then
     for config in "${configs[@]}"; do
         name=${config%%:*}; name=${name// /-}
         timeout "${FEATURE_SECONDS:-240}" python3 experiments/feature_map.py --category "${name%%-*}" \
-            --data-root "$DATA" --weights 0 0.25 0.5 1 2 --checkpoints "$WORK/priors/$name"-e*.ckpt \
+            --data-root "$DATA" --weights 0 0.25 0.5 1 2 --features-from same encoder \
+            --checkpoints "$WORK/priors/$name"-e*.ckpt \
             >"$WORK/logs/features-$name.log" 2>&1 &
         jobs+=($!)
     done
