@@ -49,12 +49,9 @@ def score(
     torch.manual_seed(0)
     result = model.model.invert(images, **settings)
     references = {"same": replace(result, start=result.restored), "encoder": result}
-    model.model.feature_weight = 0.0
-    mask_map = model.model.anomaly_map(result)
-    model.model.feature_weight = 1.0
     maps = {}
     for source in features_from:
-        feature_part = model.model.anomaly_map(references[source]) - mask_map
+        mask_map, feature_part = model.model.map_parts(references[source])
         maps.update({(source, weight): (mask_map + weight * feature_part)[:, 0].cpu() for weight in weights})
     return maps
 

@@ -71,10 +71,7 @@ def main() -> None:
             rgi.feature_distance.radius = radius
             scale = rgi.calibrate_feature_scale(train)
             for half, (result, masks) in results.items():
-                rgi.feature_weight = 0.0
-                mask_map = rgi.anomaly_map(result)
-                rgi.feature_weight = 1.0
-                feature_part = rgi.anomaly_map(result) - mask_map
+                mask_map, feature_part = rgi.map_parts(result)
                 for weight in args.weights:
                     quality = map_quality((mask_map + weight * feature_part)[:, 0].numpy(), masks, defects[half])
                     row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}

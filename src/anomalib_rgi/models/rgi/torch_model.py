@@ -322,21 +322,36 @@ class RgiModel(nn.Module):
         # 2026-11-27 session 14).
         return self._smooth(self.feature_distance((result.target + 1) / 2, (result.start.clamp(-1, 1) + 1) / 2))
 
-    def anomaly_map(self, result: InversionResult) -> torch.Tensor:
-        """Pixel anomaly map ``mean_c |M|`` (plus the weighted feature distance), ``(N, 1, H, W)``.
+    def map_parts(self, result: InversionResult) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the two parts of the anomaly map, each ``(N, 1, H, W)``.
 
-        No per-image normalisation: one threshold serves every image.
+        Returns:
+            tuple[torch.Tensor, torch.Tensor | None]: The mask map ``mean_c |M|`` and the feature
+            distance in the mask map's units (``feature_scale`` applied; ``None`` without the feature
+            map). The anomaly map is ``mask map + feature_weight * feature part``.
+
+        Raises:
+            RuntimeError: If the feature map's scale was never calibrated.
+
         """
-        anomaly_map = self._mask_map(result)
+        mask_map = self._mask_map(result)
         if self.feature_distance is None:
-            return anomaly_map
+            return mask_map, None
         if not is_tracing() and torch.isnan(self.feature_scale):
             msg = (
                 "The feature map's scale was never calibrated (this prior was trained without feature_weight). "
                 "Fit with feature_weight > 0, or call model.calibrate_feature_scale(good_images) before scoring."
             )
             raise RuntimeError(msg)
-        return anomaly_map + self.feature_weight * self.feature_scale * self._feature_map(result)
+        return mask_map, self.feature_scale * self._feature_map(result)
+
+    def anomaly_map(self, result: InversionResult) -> torch.Tensor:
+        """Pixel anomaly map ``mean_c |M|`` (plus the weighted feature distance), ``(N, 1, H, W)``.
+
+        No per-image normalisation: one threshold serves every image.
+        """
+        mask_map, feature_part = self.map_parts(result)
+        return mask_map if feature_part is None else mask_map + self.feature_weight * feature_part
 
     @torch.no_grad()
     def calibrate_feature_scale(self, images: torch.Tensor) -> float:
