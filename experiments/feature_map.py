@@ -37,6 +37,21 @@ from anomalib_rgi.inpainting import load_images
 from anomalib_rgi.metrics import map_quality
 
 
+def scoring_halves(data_root: str, category: str, halves: list[str]) -> dict[str, tuple]:
+    """Per half: its test crops ``(N, C, H, W)``, their masks and their defect types."""
+    return {
+        half: (*load_test_split(data_root, category, half=half), split_defect_types(data_root, category, half=half))
+        for half in halves
+    }
+
+
+def prior_with_feature_map(checkpoint: Path, data_root: str, category: str, device: str) -> tuple[Rgi, torch.Tensor]:
+    """The prior with the feature map at weight 1, and the first 32 training crops it is calibrated on."""
+    model = Rgi.load_from_checkpoint(checkpoint, map_location="cpu", feature_weight=1.0).eval().to(device)
+    train_paths = sorted((Path(data_root) / category / "train" / "good").glob("*.png"))[:32]
+    return model, load_images(train_paths, model.model.image_size).to(device)
+
+
 def score(
     model: Rgi, images: torch.Tensor, settings: dict, weights: list[float], features_from: list[str]
 ) -> dict[tuple[str, float], torch.Tensor]:
@@ -123,14 +138,11 @@ def main() -> None:
         parser.error(f"no such checkpoint: {', '.join(missing)}")
     if any(weight < 0 for weight in args.weights):
         parser.error("--weights must be 0 or positive")
-    halves = {half: load_test_split(args.data_root, args.category, half=half) for half in args.halves}
-    defects = {half: split_defect_types(args.data_root, args.category, half=half) for half in args.halves}
-    train_paths = sorted((Path(args.data_root) / args.category / "train" / "good").glob("*.png"))[:32]
+    halves = scoring_halves(args.data_root, args.category, args.halves)
     for checkpoint in args.checkpoints:
-        model = Rgi.load_from_checkpoint(checkpoint, map_location="cpu", feature_weight=1.0).eval().to(args.device)
-        train = load_images(train_paths, model.model.image_size).to(args.device)
+        model, train = prior_with_feature_map(checkpoint, args.data_root, args.category, args.device)
         scale = model.model.calibrate_feature_scale(train)
-        for half, (images, masks) in halves.items():
+        for half, (images, masks, defects) in halves.items():
             for method in args.methods:
                 for (features_from, weight), maps in score(
                     model, images.to(args.device), METHODS[method], args.weights, args.features_from
@@ -143,7 +155,7 @@ def main() -> None:
                         "feature_weight": weight,
                         "features_from": features_from,
                         "feature_scale": round(scale, 4),
-                        **map_quality(maps.numpy(), masks, defects[half]),
+                        **map_quality(maps.numpy(), masks, defects),
                     }
                     print(json.dumps(row), flush=True)
 

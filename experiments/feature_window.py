@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from feature_map import prior_with_feature_map, scoring_halves
 from prior_ensemble import METHODS
 
-from anomalib_rgi import Rgi
-from anomalib_rgi.data.textures import load_test_split, split_defect_types
-from anomalib_rgi.inpainting import load_images
 from anomalib_rgi.metrics import map_quality
 from anomalib_rgi.models.rgi.torch_model import FeatureDistance
 
@@ -56,24 +54,21 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0, 2.0])
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     args = parser.parse_args()
-    halves = {half: load_test_split(args.data_root, args.category, half=half) for half in ("validation", "test")}
-    defects = {half: split_defect_types(args.data_root, args.category, half=half) for half in halves}
-    train_paths = sorted((Path(args.data_root) / args.category / "train" / "good").glob("*.png"))[:32]
+    halves = scoring_halves(args.data_root, args.category, ["validation", "test"])
     for checkpoint in args.checkpoints:
-        model = Rgi.load_from_checkpoint(checkpoint, map_location="cpu", feature_weight=1.0).eval()
+        model, train = prior_with_feature_map(checkpoint, args.data_root, args.category, "cpu")
         rgi = model.model
         rgi.feature_distance.__class__ = WindowedFeatureDistance
-        train = load_images(train_paths, rgi.image_size)
         torch.manual_seed(0)
         settings = METHODS[args.method]
-        results = {half: (rgi.invert(images, **settings), masks) for half, (images, masks) in halves.items()}
+        results = {half: (rgi.invert(images, **settings), *rest) for half, (images, *rest) in halves.items()}
         for radius in args.radii:
             rgi.feature_distance.radius = radius
             scale = rgi.calibrate_feature_scale(train)
-            for half, (result, masks) in results.items():
+            for half, (result, masks, defects) in results.items():
                 mask_map, feature_part = rgi.map_parts(result)
                 for weight in args.weights:
-                    quality = map_quality((mask_map + weight * feature_part)[:, 0].numpy(), masks, defects[half])
+                    quality = map_quality((mask_map + weight * feature_part)[:, 0].numpy(), masks, defects)
                     row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}
                     row |= {"radius": radius, "feature_weight": weight, "half": half, "feature_scale": round(scale, 4)}
                     print(json.dumps(row | quality), flush=True)
