@@ -13,8 +13,9 @@ python experiments/feature_map.py --category gravel --checkpoints results/ensemb
 ``--summarise ROWS``: for rows of priors named ``<category>-...-s<seed>-e<epoch>.ckpt`` (what
 ``GRID=features bash experiments/gpu_prior_grid.sh`` writes), the test half's mean over seeds per
 epoch, and the epoch each seed's validation Dice chooses (what ``select_epoch_every`` keeps), per
-category, method, feature reference and weight: pixel AUROC / best dataset Dice (of the chosen
-epochs: validation and test), and foreign material's pixel AUROC. A checkpoint named otherwise
+prior (the name before ``-s<seed>``), method, feature reference and weight: pixel AUROC / best
+dataset Dice (of the chosen epochs: validation and test), foreign material's pixel AUROC and the
+test image AUROC (rows written before it was measured show ``-``). A checkpoint named otherwise
 counts as one seed with one epoch.
 """
 
@@ -73,24 +74,24 @@ def score(
 
 def summarise(path: Path) -> None:
     """Print, per category, method and weight: test means per epoch and the validated epoch choice."""
-    table = defaultdict(dict)  # (category, method, features from, weight) -> {(seed, epoch, half): row}
+    table = defaultdict(dict)  # (category, prior, method, features from, weight) -> {(seed, epoch, half): row}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        named = re.search(r"-s(\d+)-e(\d+)\.ckpt$", row["checkpoint"])
-        seed, epoch = (named.group(1), int(named.group(2))) if named else (row["checkpoint"], 0)
-        key = row["category"], row["method"], row.get("features_from", "same"), row["feature_weight"]
-        table[key][seed, epoch, row["half"]] = row
+        named = re.search(r"([^/]*)-s(\d+)-e(\d+)\.ckpt$", row["checkpoint"])
+        prior, seed, epoch = named.groups() if named else ("", row["checkpoint"], 0)
+        key = row["category"], prior, row["method"], row.get("features_from", "same"), row["feature_weight"]
+        table[key][seed, int(epoch), row["half"]] = row
 
     def cell(rows: list[dict]) -> str:
         auroc, dice = (np.mean([row[key] for row in rows]) for key in ("pixel_auroc", "best_dataset_dice"))
         return f"{auroc:.3f} / {dice:.3f}"
 
     print(
-        "| category | method | features from | feature weight | test, seed mean per epoch"
-        " | epoch chosen on validation: validation | test | foreign |"
+        "| category | prior | method | features from | feature weight | test, seed mean per epoch"
+        " | epoch chosen on validation: validation | test | foreign | image AUROC |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for (category, method, features_from, weight), rows in sorted(table.items()):
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (category, prior, method, features_from, weight), rows in sorted(table.items()):
         epochs_of = defaultdict(set)  # a prior named otherwise has only its own epoch
         for seed, epoch, _ in rows:
             epochs_of[seed].add(epoch)
@@ -105,8 +106,10 @@ def summarise(path: Path) -> None:
         validation = [rows[seed, epoch, "validation"] for seed, epoch in choice.items()]
         chosen = [rows[seed, epoch, "test"] for seed, epoch in choice.items()]
         foreign = np.mean([row.get("foreign", np.nan) for row in chosen])
-        cells = f"{per_epoch} | {cell(validation)} | {cell(chosen)} | {foreign:.2f}"
-        print(f"| {category} | {method} | {features_from} | {weight:g} | {cells} |")
+        measured = all("image_auroc" in row for row in chosen)
+        image = f"{np.mean([row['image_auroc'] for row in chosen]):.3f}" if measured else "-"
+        cells = f"{per_epoch} | {cell(validation)} | {cell(chosen)} | {foreign:.2f} | {image}"
+        print(f"| {category} | {prior} | {method} | {features_from} | {weight:g} | {cells} |")
 
 
 def main() -> None:

@@ -12,6 +12,9 @@
 # GRID=features: the default prior over seeds, each saved epoch then scored with and without the
 #   feature map by experiments/feature_map.py (rows in $OUT/features.jsonl), 2026-11-27 session 13;
 #   since session 14 with both feature references (the method's restoration and G(E(x)), the default).
+#   WIDE_GRASS_SEEDS="0 1 2" adds grass priors at width 32, reconstruction weight 2 (session 7's one
+#   prior lever on grass) to the same grid (session 15). The kept priors are then chosen by validation
+#   R-RGI Dice with the feature map at 0.5 (the shipped map): the best two for grass, one per other category.
 #
 #   device run:  GRID=... bash experiments/gpu_prior_grid.sh
 #     carry: .whl datasets/rgi_textures/brick datasets/rgi_textures/grass datasets/rgi_textures/gravel
@@ -92,6 +95,9 @@ elif [ "${GRID:-}" = epochs ] || [ "${GRID:-}" = features ]; then
             configs+=("$category w8 s$seed:--category $category --seed $seed --base-channels 8 --min-sample-diversity 0")
         done
     done
+    for seed in ${WIDE_GRASS_SEEDS:-}; do
+        configs+=("grass w32 rw2 s$seed:--category grass --seed $seed --base-channels 32 --reconstruction-weight 2 --min-sample-diversity 0")
+    done
     [ -z "${TINY:-}" ] && SIZE=(--epochs 40 --score-epochs 10 20 30 40)
     # GRID_FINETUNE=1: the same priors, R-RGI also with 50 fine-tuning steps after the 200 Adam steps and
     # with 50 from the encoder start (closed-form mask): is 100 steps at lr 1e-4 the right R-RGI default?
@@ -131,6 +137,22 @@ if [ "${GRID:-}" = features ]; then
     grep -h '^{' "$WORK"/logs/features-*.log >"$OUT/features.jsonl"
     log "feature pass: $(wc -l <"$OUT/features.jsonl") rows"
     grep -h -i 'error\|Traceback' "$WORK"/logs/features-*.log | sort | uniq -c | head
+fi
+if [ "${GRID:-}" = features ]; then
+    python3 - "$OUT/features.jsonl" "$OUT" <<'EOF'
+import json, shutil, sys
+from pathlib import Path
+rows = [json.loads(line) for line in open(sys.argv[1])]
+shipped = [r for r in rows if r["half"] == "validation" and r["method"] == "rrgi" and r["features_from"] == "encoder" and r["feature_weight"] == 0.5]
+for category in sorted({r["category"] for r in shipped}):
+    ranked = sorted((r for r in shipped if r["category"] == category), key=lambda r: -r["best_dataset_dice"])
+    for r in ranked[: 2 if category == "grass" else 1]:
+        path = Path(r["checkpoint"])
+        shutil.copy(path, Path(sys.argv[2]) / path.name)
+        print("kept", path.name, "validation R-RGI + map 0.5: Dice", r["best_dataset_dice"], "AUROC", r["pixel_auroc"])
+EOF
+    log "done"
+    exit 0
 fi
 python3 - "$OUT/rows.jsonl" "$WORK/priors" "$OUT" <<'EOF'
 import json, shutil, sys

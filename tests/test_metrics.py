@@ -104,3 +104,5 @@ def test_map_quality_pools_all_images_and_rounds():
     assert quality["best_dataset_dice"] == pytest.approx(0.8)
     assert quality["foreign"] == pytest.approx(0.857)
     assert quality["hole"] == 1.0
+    # image maxima: good 0.5, hole 1.0, foreign 0.2; one of the two defective images outranks the good one
+    assert quality["image_auroc"] == pytest.approx(0.5)

@@ -172,8 +172,10 @@ def map_quality(scores: np.ndarray, masks: np.ndarray, defects: np.ndarray) -> d
         defects (np.ndarray): Each image's defect type, ``"good"`` for the defect-free ones, ``(N,)``.
 
     Returns:
-        dict[str, float]: ``pixel_auroc``, ``best_dataset_dice`` (see :func:`best_dataset_dice`) and
-        one entry per defect type (see :func:`pixel_auroc_per_defect`), rounded to 3 decimals.
+        dict[str, float]: ``pixel_auroc``, ``best_dataset_dice`` (see :func:`best_dataset_dice`),
+        ``image_auroc`` (an image's score is its map's maximum, as ``Rgi``'s ``pred_score``; NaN
+        without both good and defective images) and one entry per defect type (see
+        :func:`pixel_auroc_per_defect`), rounded to 3 decimals.
 
     """
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415  (only the benchmark reports need it)
@@ -182,5 +184,10 @@ def map_quality(scores: np.ndarray, masks: np.ndarray, defects: np.ndarray) -> d
         "pixel_auroc": float(roc_auc_score(masks.ravel(), scores.astype(np.float32).ravel())),
         "best_dataset_dice": best_dataset_dice(scores, masks),
     }
+    defective = defects != "good"
+    image_scores = scores.reshape(len(scores), -1).max(axis=1)
+    quality["image_auroc"] = (
+        float(roc_auc_score(defective, image_scores)) if 0 < defective.sum() < len(defective) else float("nan")
+    )
     quality |= pixel_auroc_per_defect(scores, masks, defects)
     return {name: round(value, 3) for name, value in quality.items()}
