@@ -93,8 +93,9 @@ def summarise(path: Path) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (category, prior, method, features_from, weight), rows in sorted(table.items()):
         epochs_of = defaultdict(set)  # a prior named otherwise has only its own epoch
-        for seed, epoch, _ in rows:
-            epochs_of[seed].add(epoch)
+        for seed, epoch, half in rows:
+            if half == "test" and (seed, epoch, "validation") in rows:  # a run cut short may lack one half
+                epochs_of[seed].add(epoch)
         per_epoch = ", ".join(
             f"e{epoch} {cell([rows[seed, epoch, 'test'] for seed in epochs_of if epoch in epochs_of[seed]])}"
             for epoch in sorted(set().union(*epochs_of.values()))
