@@ -106,3 +106,8 @@ def test_map_quality_pools_all_images_and_rounds():
     assert quality["hole"] == 1.0
     # image maxima: good 0.5, hole 1.0, foreign 0.2; one of the two defective images outranks the good one
     assert quality["image_auroc"] == pytest.approx(0.5)
+
+
+def test_map_quality_has_no_image_auroc_without_good_images():
+    scores, masks, defects = three_images_two_defects()
+    assert np.isnan(map_quality(scores[1:], masks[1:], defects[1:])["image_auroc"])
