@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prior_ensemble import METHODS  # the same three scorings as the ensemble experiment
+from prior_ensemble import METHODS  # the same scorings as the ensemble experiment
 
 from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import load_test_split, split_defect_types

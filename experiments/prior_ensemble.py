@@ -36,6 +36,7 @@ METHODS = {
     "encoder": {"steps": 0, "mask_solver": "closed_form", "finetune_steps": 0},
     "rgi": {"steps": 200, "mask_solver": "adam", "finetune_steps": 0},
     "rrgi": {"steps": 200, "mask_solver": "adam", "finetune_steps": 50, "finetune_lr": 1e-4},
+    "fast": {"steps": 10, "lr": 0.3, "mask_solver": "adam", "finetune_steps": 0},  # configs/rgi_fast.yaml
 }
 
 

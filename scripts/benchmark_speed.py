@@ -2,13 +2,15 @@
 
 For one trained Rgi checkpoint and the built-in test crops of its category, prints per method:
 ms per 128 x 128 image at batch 1 and at the best of a few batch sizes, peak resident memory of a
-fresh process, pixel AUROC and best-threshold dataset-level Dice (F1Max) of the smoothed |M| maps:
+fresh process, pixel AUROC and best-threshold dataset-level Dice (F1Max) of the anomaly maps:
 
 - (a) eager PyTorch, the authors' step budget (``--long-steps``, default 2000) with the checkpoint's
   own solver settings (its maps are computed at the largest batch, its batch-1 latency on one image:
   2000 steps cost about 15 s per image on 2 CPU cores);
 - (b) eager PyTorch, the ``fast`` preset: the solver settings of ``--preset`` (default
-  ``configs/rgi_fast.yaml``: steps, learning rates, mask solver, lam) applied to the checkpoint;
+  ``configs/rgi_fast.yaml``: steps, learning rates, mask solver, lam) applied to the checkpoint, and
+  its ``feature_weight`` (the feature map, calibrated on the first 32 training crops when the prior
+  was trained without it, as ``Rgi`` does at test start);
 - (c) the fast preset exported to OpenVINO (f32), the graph ``anomalib export`` writes.
 
 For the eager methods it also prints the time of one generator forward + input-gradient backward
@@ -41,21 +43,26 @@ LONG = 100  # above this many steps a method is timed on one image at batch 1, n
 PRESET_KEYS = {"steps": "steps", "inversion_lr": "lr", "mask_lr": "mask_lr", "mask_solver": "mask_solver", "lam": "lam"}
 
 
-def preset_settings(path: str) -> dict:
-    """The solver settings a preset config gives Rgi (``model.init_args``), in the solver's names."""
+def preset_settings(path: str) -> tuple[dict, dict]:
+    """The solver settings (in the solver's names) and the map's settings a preset config gives Rgi."""
     init_args = yaml.safe_load(Path(path).read_text())["model"]["init_args"]
-    return {PRESET_KEYS[key]: value for key, value in init_args.items() if key in PRESET_KEYS}
+    solver = {PRESET_KEYS[key]: value for key, value in init_args.items() if key in PRESET_KEYS}
+    return solver, {"feature_weight": init_args.get("feature_weight", 0.0)}
 
 
 def measure(method: str, args: dict) -> dict:
     """Run one method (in a fresh process, so that its peak memory is its own) and report."""
     from anomalib_rgi import Rgi
     from anomalib_rgi.data.textures import load_test_split
+    from anomalib_rgi.inpainting import load_images
     from anomalib_rgi.metrics import best_dataset_dice
 
     torch.set_num_threads(args["threads"])
-    model = Rgi.load_from_checkpoint(args["checkpoint"]).eval()
+    model = Rgi.load_from_checkpoint(args["checkpoint"], **args["map"]).eval()
     model.model.inversion.update(args["settings"])
+    if model.model.feature_distance is not None and torch.isnan(model.model.feature_scale):
+        good = sorted((Path(args["data_root"]) / args["category"] / "train" / "good").glob("*.png"))[:32]
+        model.model.calibrate_feature_scale(load_images(good, model.model.image_size))
     steps = model.model.inversion["steps"]
     images, masks = load_test_split(args["data_root"], args["category"], args["images"])
     batches = [batch for batch in BATCHES if batch <= len(images)]
@@ -167,16 +174,17 @@ def main() -> None:
         "images": args.images,
         "threads": args.threads,
     }
-    fast = preset_settings(args.preset)
-    fast_name = ", ".join(f"{key} {value}" for key, value in fast.items())
+    fast, fast_map = preset_settings(args.preset)
+    fast_name = ", ".join(f"{key} {value}" for key, value in {**fast, **fast_map}.items())
+    long = {f"(a) eager, {args.long_steps} steps": ("eager", {"steps": args.long_steps}, {})}
     methods = {
-        **({f"(a) eager, {args.long_steps} steps": ("eager", {"steps": args.long_steps})} if args.long_steps else {}),
-        f"(b) eager, fast ({fast_name})": ("eager", fast),
-        f"(c) OpenVINO f32, fast ({fast_name})": ("openvino", fast),
+        **(long if args.long_steps else {}),
+        f"(b) eager, fast ({fast_name})": ("eager", fast, fast_map),
+        f"(c) OpenVINO f32, fast ({fast_name})": ("openvino", fast, fast_map),
     }
     rows = []
-    for name, (method, settings) in methods.items():
-        worker = json.dumps({"method": method, "args": {**common, "settings": settings}})
+    for name, (method, settings, scoring_map) in methods.items():
+        worker = json.dumps({"method": method, "args": {**common, "settings": settings, "map": scoring_map}})
         result = subprocess.run(
             [sys.executable, __file__, "--worker", worker], capture_output=True, text=True, check=False
         )

@@ -117,7 +117,9 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     (speed_run,) = (tmp_path / "speed").iterdir()
     speed_rows = json.loads((speed_run / "results.json").read_text())["rows"]
     assert [row["method"][:3] for row in speed_rows] == ["(a)", "(b)", "(c)"]
-    assert "steps 10" in speed_rows[1]["method"]  # the fast preset is read from configs/rgi_fast.yaml
+    # the fast preset is read from configs/rgi_fast.yaml, its feature map with it (calibrated for this plain prior)
+    assert "steps 10" in speed_rows[1]["method"]
+    assert "feature_weight 0.5" in speed_rows[1]["method"]
     # the exported graph computes what eager PyTorch computes
     assert abs(speed_rows[1]["pixel_auroc"] - speed_rows[2]["pixel_auroc"]) < 0.005
 
