@@ -44,10 +44,14 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
         "R-RGI",
         "R-RGI, 0 steps (encoder start, closed-form mask)",
         "RGI, 0 steps (encoder start, closed-form mask)",
+        "RGI, fast preset (configs/rgi_fast.yaml solver)",
         "plain inversion (AnoGAN-style)",
         "encoder residual (f-AnoGAN-style)",
         "Padim",
     ]
+    fast, plain = rows[4]["inversion"], rows[5]["inversion"]
+    assert (fast["steps"], fast["lr"]) == (10, 0.3)
+    assert plain["lr"] == rows[0]["inversion"]["lr"] != 0.3  # a variant starts from the prior's own settings
     for row in rows:
         assert 0 <= row["pixel_AUROC"] <= 1
         assert row["peak_rss_mb"] > 0
