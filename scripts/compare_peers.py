@@ -225,7 +225,7 @@ def rgi_variants(args: argparse.Namespace) -> dict[str, dict]:
             "steps": 0,
             "finetune_steps": 0,
         },
-        "RGI, fast preset (configs/rgi_fast.yaml solver)": {**FAST_SOLVER, "finetune_steps": 0},
+        "RGI, fast preset (rgi_fast.yaml solver)": {**FAST_SOLVER, "finetune_steps": 0},
         "plain inversion (AnoGAN-style)": {"mask_solver": "none", "steps": steps, "finetune_steps": 0},
         "encoder residual (f-AnoGAN-style)": {"mask_solver": "none", "steps": 0, "finetune_steps": 0},
     }

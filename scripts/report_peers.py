@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib as mpl
@@ -112,7 +113,7 @@ def examples_figure(maps: dict[str, dict[str, dict]], out: Path) -> None:
             if column < len(panels):
                 title, picture, colours = panels[column]
                 axis.imshow(picture, cmap=colours)
-                axis.set_title(title if row == 0 else "", fontsize=6)
+                axis.set_title(textwrap.fill(title, 24) if row == 0 else "", fontsize=6)  # long names overlap
         axes[row][0].text(-8, 64, category, rotation=90, va="center", ha="right", fontsize=7)
     figure.tight_layout()
     figure.savefig(out / "examples.png", dpi=110)

@@ -44,7 +44,7 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
         "R-RGI",
         "R-RGI, 0 steps (encoder start, closed-form mask)",
         "RGI, 0 steps (encoder start, closed-form mask)",
-        "RGI, fast preset (configs/rgi_fast.yaml solver)",
+        "RGI, fast preset (rgi_fast.yaml solver)",
         "plain inversion (AnoGAN-style)",
         "encoder residual (f-AnoGAN-style)",
         "Padim",
