@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,16 @@ from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import load_test_split, split_defect_types
 from anomalib_rgi.metrics import map_quality
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+from benchmark_speed import preset_settings
+
+FAST_SOLVER, _ = preset_settings(str(Path(__file__).parents[1] / "configs" / "rgi_fast.yaml"))
+
 METHODS = {
     "encoder": {"steps": 0, "mask_solver": "closed_form", "finetune_steps": 0},
     "rgi": {"steps": 200, "mask_solver": "adam", "finetune_steps": 0},
     "rrgi": {"steps": 200, "mask_solver": "adam", "finetune_steps": 50, "finetune_lr": 1e-4},
-    "fast": {"steps": 10, "lr": 0.3, "mask_solver": "adam", "finetune_steps": 0},  # configs/rgi_fast.yaml
+    "fast": {**FAST_SOLVER, "finetune_steps": 0},  # the deployable preset's solver
 }
 
 
