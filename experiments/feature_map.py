@@ -25,6 +25,7 @@ import argparse
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,6 +52,39 @@ def prior_with_feature_map(checkpoint: Path, data_root: str, category: str, devi
     model = Rgi.load_from_checkpoint(checkpoint, map_location="cpu", feature_weight=1.0).eval().to(device)
     train_paths = sorted((Path(data_root) / category / "train" / "good").glob("*.png"))[:32]
     return model, load_images(train_paths, model.model.image_size).to(device)
+
+
+def invert_halves(rgi: torch.nn.Module, halves: dict[str, tuple], settings: dict) -> dict[str, tuple]:
+    """Per half: one seeded inversion of its crops, with the crops' masks and defect types."""
+    torch.manual_seed(0)
+    return {half: (rgi.invert(images, **settings), *rest) for half, (images, *rest) in halves.items()}
+
+
+def feature_variant_rows(
+    rgi: torch.nn.Module,
+    train: torch.Tensor,
+    inverted: dict[str, tuple],
+    variants: list[tuple[dict, Callable[[], None]]],
+    weights: list[float],
+    row: dict,
+) -> Iterator[dict]:
+    """Rows for variants of the feature distance on one set of inversions (the probe scripts' harness).
+
+    Each variant is its row fields and a function that sets the variant up on ``rgi.feature_distance``;
+    the map is then calibrated as ``Rgi`` does and scored at every weight (``inf``: the feature part
+    alone) on every half of ``inverted`` (:func:`invert_halves`).
+    """
+    for fields, set_up in variants:
+        set_up()
+        scale = rgi.calibrate_feature_scale(train)
+        for half, (result, masks, defects) in inverted.items():
+            mask_map, feature_part = rgi.map_parts(result)
+            for weight in weights:
+                scores = feature_part if weight == float("inf") else mask_map + weight * feature_part
+                quality = map_quality(scores[:, 0].numpy(), masks, defects)
+                yield (
+                    row | fields | {"feature_weight": weight, "half": half, "feature_scale": round(scale, 4)} | quality
+                )
 
 
 def score(

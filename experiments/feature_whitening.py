@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from feature_map import prior_with_feature_map, scoring_halves
+from feature_map import feature_variant_rows, invert_halves, prior_with_feature_map, scoring_halves
 from prior_ensemble import METHODS
 
 from anomalib_rgi.inpainting import load_images
-from anomalib_rgi.metrics import map_quality
 from anomalib_rgi.models.rgi.torch_model import FeatureDistance
 
 
@@ -45,6 +45,12 @@ class WhitenedFeatureDistance(FeatureDistance):
             image_features, restored_features = level.chunk(2)
             levels.append(image_features - restored_features if self.reference == "residual" else image_features)
         return levels
+
+    def use(self, reference: str, images: torch.Tensor, restored: torch.Tensor) -> None:
+        """Score with ``reference`` from now on, its Gaussians fitted on good ``images`` and their ``restored``."""
+        self.reference = reference
+        if reference != "cosine":
+            self.fit(images, restored)
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor, restored: torch.Tensor) -> None:
@@ -85,28 +91,19 @@ def main() -> None:
     for checkpoint in args.checkpoints:
         model, train = prior_with_feature_map(checkpoint, args.data_root, args.category, "cpu")
         rgi = model.model
-        rgi.feature_distance.__class__ = WhitenedFeatureDistance
-        rgi.feature_distance.gaussians = {}
+        distance = rgi.feature_distance
+        distance.__class__ = WhitenedFeatureDistance
+        distance.gaussians = {}
         paths = sorted((Path(args.data_root) / args.category / "train" / "good").glob("*.png"))[: args.fit_images]
         good = load_images(paths, rgi.image_size)
-        start = rgi.invert(good, steps=0, mask_solver="closed_form", finetune_steps=0).start
-        torch.manual_seed(0)
-        results = {
-            half: (rgi.invert(images, **METHODS[args.method]), *rest) for half, (images, *rest) in halves.items()
-        }
-        for reference in args.references:
-            rgi.feature_distance.reference = reference
-            if reference != "cosine":
-                rgi.feature_distance.fit(good, (start.clamp(-1, 1) + 1) / 2)
-            scale = rgi.calibrate_feature_scale(train)
-            for half, (result, masks, defects) in results.items():
-                mask_map, feature_part = rgi.map_parts(result)
-                for weight in [0.0, *args.weights, float("inf")]:
-                    scores = feature_part if weight == float("inf") else mask_map + weight * feature_part
-                    row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}
-                    row |= {"reference": reference, "feature_weight": weight, "half": half}
-                    row["feature_scale"] = round(scale, 4)
-                    print(json.dumps(row | map_quality(scores[:, 0].numpy(), masks, defects)), flush=True)
+        good_start = (rgi.invert(good, steps=0, mask_solver="closed_form", finetune_steps=0).start.clamp(-1, 1) + 1) / 2
+        inverted = invert_halves(rgi, halves, METHODS[args.method])
+
+        variants = [({"reference": ref}, partial(distance.use, ref, good, good_start)) for ref in args.references]
+        row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}
+        weights = [0.0, *args.weights, float("inf")]
+        for quality in feature_variant_rows(rgi, train, inverted, variants, weights, row):
+            print(json.dumps(quality), flush=True)
 
 
 if __name__ == "__main__":

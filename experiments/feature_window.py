@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from feature_map import prior_with_feature_map, scoring_halves
+from feature_map import feature_variant_rows, invert_halves, prior_with_feature_map, scoring_halves
 from prior_ensemble import METHODS
 
-from anomalib_rgi.metrics import map_quality
 from anomalib_rgi.models.rgi.torch_model import FeatureDistance
 
 
@@ -59,19 +59,13 @@ def main() -> None:
         model, train = prior_with_feature_map(checkpoint, args.data_root, args.category, "cpu")
         rgi = model.model
         rgi.feature_distance.__class__ = WindowedFeatureDistance
-        torch.manual_seed(0)
-        settings = METHODS[args.method]
-        results = {half: (rgi.invert(images, **settings), *rest) for half, (images, *rest) in halves.items()}
-        for radius in args.radii:
-            rgi.feature_distance.radius = radius
-            scale = rgi.calibrate_feature_scale(train)
-            for half, (result, masks, defects) in results.items():
-                mask_map, feature_part = rgi.map_parts(result)
-                for weight in args.weights:
-                    quality = map_quality((mask_map + weight * feature_part)[:, 0].numpy(), masks, defects)
-                    row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}
-                    row |= {"radius": radius, "feature_weight": weight, "half": half, "feature_scale": round(scale, 4)}
-                    print(json.dumps(row | quality), flush=True)
+        inverted = invert_halves(rgi, halves, METHODS[args.method])
+        variants = [
+            ({"radius": radius}, partial(setattr, rgi.feature_distance, "radius", radius)) for radius in args.radii
+        ]
+        row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}
+        for quality in feature_variant_rows(rgi, train, inverted, variants, args.weights, row):
+            print(json.dumps(quality), flush=True)
 
 
 if __name__ == "__main__":
