@@ -34,7 +34,7 @@ import torch
 from prior_ensemble import METHODS  # the same scorings as the ensemble experiment
 
 from anomalib_rgi import Rgi
-from anomalib_rgi.data.textures import load_test_split, split_defect_types
+from anomalib_rgi.data.textures import load_test_split, split_defect_types, train_image_paths
 from anomalib_rgi.inpainting import load_images
 from anomalib_rgi.metrics import map_quality
 
@@ -50,8 +50,7 @@ def scoring_halves(data_root: str, category: str, halves: list[str]) -> dict[str
 def prior_with_feature_map(checkpoint: Path, data_root: str, category: str, device: str) -> tuple[Rgi, torch.Tensor]:
     """The prior with the feature map at weight 1, and the first 32 training crops it is calibrated on."""
     model = Rgi.load_from_checkpoint(checkpoint, map_location="cpu", feature_weight=1.0).eval().to(device)
-    train_paths = sorted((Path(data_root) / category / "train" / "good").glob("*.png"))[:32]
-    return model, load_images(train_paths, model.model.image_size).to(device)
+    return model, load_images(train_image_paths(data_root, category, limit=32), model.model.image_size).to(device)
 
 
 def invert_halves(rgi: torch.nn.Module, halves: dict[str, tuple], settings: dict) -> dict[str, tuple]:

@@ -27,6 +27,7 @@ import torch.nn.functional as F  # noqa: N812
 from feature_map import feature_variant_rows, invert_halves, prior_with_feature_map, scoring_halves
 from prior_ensemble import METHODS
 
+from anomalib_rgi.data.textures import train_image_paths
 from anomalib_rgi.inpainting import load_images
 from anomalib_rgi.models.rgi.torch_model import FeatureDistance
 
@@ -94,8 +95,7 @@ def main() -> None:
         distance = rgi.feature_distance
         distance.__class__ = WhitenedFeatureDistance
         distance.gaussians = {}
-        paths = sorted((Path(args.data_root) / args.category / "train" / "good").glob("*.png"))[: args.fit_images]
-        good = load_images(paths, rgi.image_size)
+        good = load_images(train_image_paths(args.data_root, args.category, args.fit_images), rgi.image_size)
         good_start = (rgi.invert(good, steps=0, mask_solver="closed_form", finetune_steps=0).start.clamp(-1, 1) + 1) / 2
         inverted = invert_halves(rgi, halves, METHODS[args.method])
 

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.models.components import GaussianBlur2d
 
 from anomalib_rgi import Rgi
-from anomalib_rgi.data.textures import load_test_split, split_defect_types
+from anomalib_rgi.data.textures import load_test_split, split_defect_types, train_image_paths
 from anomalib_rgi.inpainting import load_images
 from anomalib_rgi.metrics import map_quality
 from anomalib_rgi.models.rgi.inversion import closed_form_mask
@@ -112,8 +111,7 @@ def main() -> None:
     model = Rgi.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
     images, masks = load_test_split(args.data_root, args.category, half=args.half)
     defects = split_defect_types(args.data_root, args.category, half=args.half)
-    train_paths = sorted((Path(args.data_root) / args.category / "train" / "good").glob("*.png"))
-    train = load_images(train_paths, model.model.image_size)
+    train = load_images(train_image_paths(args.data_root, args.category), model.model.image_size)
     for name, anomaly_map in maps_to_compare(model, images, train).items():
         scores = anomaly_map[:, 0].numpy()
         row = {"category": args.category, "half": args.half, "map": name, **map_quality(scores, masks, defects)}

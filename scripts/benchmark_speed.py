@@ -53,7 +53,7 @@ def preset_settings(path: str) -> tuple[dict, dict]:
 def measure(method: str, args: dict) -> dict:
     """Run one method (in a fresh process, so that its peak memory is its own) and report."""
     from anomalib_rgi import Rgi
-    from anomalib_rgi.data.textures import load_test_split
+    from anomalib_rgi.data.textures import load_test_split, train_image_paths
     from anomalib_rgi.inpainting import load_images
     from anomalib_rgi.metrics import best_dataset_dice
 
@@ -61,7 +61,7 @@ def measure(method: str, args: dict) -> dict:
     model = Rgi.load_from_checkpoint(args["checkpoint"], **args["map"]).eval()
     model.model.inversion.update(args["settings"])
     if model.model.feature_distance is not None and torch.isnan(model.model.feature_scale):
-        good = sorted((Path(args["data_root"]) / args["category"] / "train" / "good").glob("*.png"))[:32]
+        good = train_image_paths(args["data_root"], args["category"], limit=32)
         model.model.calibrate_feature_scale(load_images(good, model.model.image_size))
     steps = model.model.inversion["steps"]
     images, masks = load_test_split(args["data_root"], args["category"], args["images"])

@@ -38,6 +38,14 @@ def test_layout_counts_and_masks(tmp_path):
         assert 0 < (mask > 0).mean() < 0.5
 
 
+def test_train_image_paths_lists_the_training_crops_in_order(tmp_path):
+    root = build_category(tmp_path, "brick", **SMALL)
+    everything = textures.train_image_paths(tmp_path, "brick")
+    assert everything == sorted((root / "train" / "good").glob("*.png"))
+    assert len(everything) == 6
+    assert textures.train_image_paths(tmp_path, "brick", limit=4) == everything[:4]
+
+
 def test_train_and_test_come_from_disjoint_rows(monkeypatch, tmp_path):
     seen = []
     original = textures._random_crop

@@ -246,6 +246,24 @@ def build_category(
     return target
 
 
+def train_image_paths(data_root: Path | str, category: str, limit: int | None = None) -> list[Path]:
+    """List a category's defect-free training crops, sorted (the first ``limit`` of them).
+
+    Args:
+        data_root (Path | str): Root of the built-in data; a missing category is built with the defaults.
+        category (str): One of :data:`CATEGORIES`.
+        limit (int | None): Keep only the first ``limit`` crops.
+
+    Returns:
+        list[Path]: Paths of the training crops.
+
+    """
+    root = Path(data_root) / category
+    if not (root / "build.json").is_file():
+        root = build_category(data_root, category)
+    return sorted((root / "train" / "good").glob("*.png"))[:limit]
+
+
 def split_image_paths(data_root: Path | str, category: str, limit: int | None = None, half: str = "all") -> list[Path]:
     """List the test crops :func:`load_test_split` reads, in its order (``path.parent.name``: the defect type).
 
