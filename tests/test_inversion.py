@@ -84,6 +84,23 @@ def test_rrgi_never_changes_trained_weights_and_images_do_not_leak():
     assert not torch.allclose(both.start, both.restored, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"steps": 0, "mask_solver": "closed_form"},
+        {"steps": 3, "mask_solver": "adam"},
+        {"steps": 0, "finetune_steps": 3, "mask_solver": "closed_form"},
+    ],
+)
+def test_start_is_the_trained_generators_image_at_the_starting_latent(settings):
+    torch.manual_seed(0)
+    generator = Generator(image_size=16, latent_stride=4, latent_channels=2, base_channels=4, image_channels=1).eval()
+    latent = torch.randn(2, *generator.latent_shape)
+    result = invert(generator, torch.rand(2, 1, 16, 16) * 2 - 1, latent, lam=0.1, finetune_lr=1e-2, **settings)
+    with torch.no_grad():
+        torch.testing.assert_close(result.start, generator(latent))
+
+
 def test_inversion_works_under_inference_mode(linear_generator):
     _, _, corrupted, _ = _planted(linear_generator)
     with torch.inference_mode():

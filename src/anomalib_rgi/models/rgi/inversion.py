@@ -266,8 +266,7 @@ def invert(
                 loss = loss - critic_weight * realism(critic, restored)
             return loss
 
-        with torch.no_grad():
-            start = generate(latent, None)
+        start = None  # the prior's image at latent_init: the first step's forward pass, kept
         params = [latent] + ([mask] if mask_solver == "adam" else [])
         states = [_AdamState(torch.zeros_like(latent), torch.zeros_like(latent), lr)]
         if mask_solver == "adam":
@@ -283,12 +282,17 @@ def invert(
                 states += [
                     _AdamState(torch.zeros_like(p), torch.zeros_like(p), finetune_lr) for p in per_image.values()
                 ]
-            loss = objective(generate(latent, per_image)).sum()
+            generated = generate(latent, per_image)
+            if start is None:
+                start = generated.detach()
+            loss = objective(generated).sum()
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 _adam_step(params, grads, states)
 
         with torch.no_grad():
+            if start is None:
+                start = generate(latent, None)
             restored = generate(latent, per_image) if steps + finetune_steps else start
             if mask_solver == "closed_form":
                 mask = closed_form_mask(target - restored, lam)
