@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.deploy import OpenVINOInferencer
+from anomalib.deploy import OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
 from PIL import Image
 
 from anomalib_rgi import Rgi, RgiTextures
+from anomalib_rgi.models.rgi.torch_model import Critic
 
 from .conftest import TINY_DATA, TINY_MODEL, maps_in_openvino_and_torch
 
@@ -60,6 +61,39 @@ def test_wrong_input_shape_is_refused_by_the_exported_model(exported):
     _, inferencer, _ = exported
     with pytest.raises(RuntimeError, match=r"(?i)shape|dimension"):
         inferencer.predict(np.random.default_rng(0).random((1, 3, 48, 48), dtype=np.float32))
+
+
+def test_torch_export_scores_as_the_model_does_rrgi_included(exported, tmp_path, monkeypatch):
+    model, _, _ = exported
+    model.model.inversion["finetune_steps"] = 2
+    try:
+        path = model.to_torch(tmp_path)
+        monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's TorchInferencer unpickles only when told to
+        inferencer = TorchInferencer(path=path, device="cpu")
+        image = torch.rand(3, 32, 32)
+        prediction = inferencer.predict(image)
+        reference = model(image[None])
+    finally:
+        model.model.inversion["finetune_steps"] = 0
+    torch.testing.assert_close(prediction.anomaly_map.squeeze(), reference.anomaly_map.squeeze())
+    torch.testing.assert_close(prediction.pred_score.squeeze(), reference.pred_score.squeeze())
+    assert isinstance(model.model.critic.net[0], torch.nn.Conv2d), "the trained critic was left without its norm"
+    assert hasattr(model.model.critic.net[0], "parametrizations")
+
+
+def test_frozen_critic_scores_the_same_and_leaves_the_trained_one_untouched():
+    torch.manual_seed(0)
+    critic = Critic(base_channels=4).train()
+    images = torch.rand(2, 3, 32, 32)
+    critic(images)  # a training-mode pass runs one power iteration
+    before = {name: value.clone() for name, value in critic.state_dict().items()}
+    frozen = critic.frozen()
+    assert critic.training
+    for name, value in critic.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    critic.eval()
+    torch.testing.assert_close(frozen(images), critic(images))
+    assert not any(hasattr(layer, "parametrizations") for layer in frozen.net)
 
 
 def test_export_of_an_unfitted_model_is_refused(tmp_path):

@@ -123,7 +123,7 @@ def test_stock_anomalib_command_trains_tests_and_predicts(tiny_data_root, tmp_pa
     predict = _cli("predict", *arguments, "--data", str(images), "--ckpt_path", str(checkpoint), cwd=tmp_path)
     assert predict.returncode == 0, predict.stdout[-3000:] + predict.stderr[-3000:]
     export_root = tmp_path / "exported"
-    for export_type in ("onnx", "openvino"):
+    for export_type in ("onnx", "openvino", "torch"):
         export = _cli(
             "export",
             "--model",
@@ -139,6 +139,7 @@ def test_stock_anomalib_command_trains_tests_and_predicts(tiny_data_root, tmp_pa
         assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
     assert next(export_root.rglob("model.onnx")).stat().st_size > 0
     assert next(export_root.rglob("model.xml")).stat().st_size > 0
+    assert next(export_root.rglob("model.pt")).stat().st_size > 0
 
 
 def test_stock_anomalib_command_applies_its_seed(tiny_data_root, tmp_path):

@@ -614,6 +614,10 @@ class Rgi(AnomalibModule):
         )
         return {"loss": losses["loss"].detach()}
 
+    def on_train_end(self) -> None:
+        """Let go of the feature map's calibration crops: the scale is set, and exports would carry them."""
+        self._calibration_images = None
+
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Batch, batch_idx: int) -> None:
         """After an epoch's last step, match the feature map's scale to the prior it now has.
 
@@ -653,9 +657,7 @@ class Rgi(AnomalibModule):
             ValueError: If ``input_size`` differs from the trained image size.
 
         """
-        if int(self.model.trained_steps) == 0:
-            msg = "This Rgi model was never fitted: train it (or load a trained checkpoint) before exporting."
-            raise RuntimeError(msg)
+        self._refuse_unfitted_export()
         if self.model.inversion["finetune_steps"] > 0:
             msg = (
                 "R-RGI's per-image generator fine-tuning is not exported (it needs weight gradients of "
@@ -688,6 +690,32 @@ class Rgi(AnomalibModule):
         )
         return onnx_path
 
+    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+        """Export as anomalib does (the whole module pickled, for ``TorchInferencer``), R-RGI included.
+
+        PyTorch cannot pickle the critic's spectral normalisation: the file holds a critic with the
+        normalised weights folded in (:meth:`Critic.frozen`), which scores the same and is only
+        needed for ``critic_weight > 0``.
+
+        Args:
+            export_root (Path | str): Folder that receives ``weights/torch/<model_file_name>.pt``.
+            model_file_name (str): File name without extension.
+
+        Returns:
+            Path: The ``.pt`` file.
+
+        Raises:
+            RuntimeError: If the prior was never trained.
+
+        """
+        self._refuse_unfitted_export()
+        critic = self.model.critic
+        self.model.critic = critic.frozen()
+        try:
+            return super().to_torch(export_root, model_file_name)
+        finally:
+            self.model.critic = critic
+
     def to_openvino(self, *args, **kwargs) -> Path:
         """Export to OpenVINO as anomalib does (through :meth:`to_onnx`), with clean output names.
 
@@ -702,6 +730,11 @@ class Rgi(AnomalibModule):
         xml_path = super().to_openvino(*args, **kwargs)
         keep_only_output_names(xml_path)
         return xml_path
+
+    def _refuse_unfitted_export(self) -> None:
+        if int(self.model.trained_steps) == 0:
+            msg = "This Rgi model was never fitted: train it (or load a trained checkpoint) before exporting."
+            raise RuntimeError(msg)
 
     def _gather_state(self, state: torch.Tensor) -> torch.Tensor:
         """``(world_size, ...)`` states of all processes (every process calls this when saving)."""

@@ -124,20 +124,61 @@ class Encoder(nn.Module):
 
 
 class Critic(nn.Module):
-    """Spectral-norm patch critic: one realism logit per receptive field (hinge loss)."""
+    """Spectral-norm patch critic: one realism logit per receptive field (hinge loss).
 
-    def __init__(self, base_channels: int = 16, image_channels: int = 3, levels: int = 3) -> None:
+    Args:
+        base_channels (int): Width at full resolution; doubles at every coarser level (max 256).
+        image_channels (int): Channels of the images.
+        levels (int): Stride-2 convolutions.
+        normalise (bool): Spectral normalisation of every convolution (False: see :meth:`frozen`).
+
+    """
+
+    def __init__(
+        self,
+        base_channels: int = 16,
+        image_channels: int = 3,
+        levels: int = 3,
+        normalise: bool = True,
+    ) -> None:
         super().__init__()
+        self.settings = {"base_channels": base_channels, "image_channels": image_channels, "levels": levels}
         widths = [min(base_channels * 2**level, 256) for level in range(levels + 1)]
-        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(image_channels, widths[0], 3, padding=1)), nn.LeakyReLU(0.2)]
-        for in_width, out_width in pairwise(widths):
-            layers += [spectral_norm(nn.Conv2d(in_width, out_width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
-        layers.append(spectral_norm(nn.Conv2d(widths[-1], 1, 3, padding=1)))
-        self.net = nn.Sequential(*layers)
+        convs = [nn.Conv2d(image_channels, widths[0], 3, padding=1)]
+        convs += [nn.Conv2d(in_width, out_width, 4, stride=2, padding=1) for in_width, out_width in pairwise(widths)]
+        convs.append(nn.Conv2d(widths[-1], 1, 3, padding=1))
+        if normalise:
+            convs = [spectral_norm(conv) for conv in convs]
+        layers: list[nn.Module] = []
+        for conv in convs[:-1]:
+            layers += [conv, nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*layers, convs[-1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Realism logits, ``(N, 1, h, w)``."""
         return self.net(images)
+
+    def frozen(self) -> Critic:
+        """Return a copy without spectral normalisation whose weights are the normalised ones.
+
+        It gives the same logits as this critic in eval mode and, unlike it, can be pickled (PyTorch
+        pickles no parametrised module): what a whole-module export such as anomalib's ``torch`` one
+        needs. It no longer trains as a spectral-norm critic.
+
+        Returns:
+            Critic: The copy, in eval mode, on this critic's device.
+
+        """
+        plain = Critic(**self.settings, normalise=False).to(self.net[0].bias.device).eval()
+        was_training = self.training
+        self.eval()  # in training mode reading a normalised weight would run a power iteration
+        with torch.no_grad():
+            for source, target in zip(self.net, plain.net, strict=True):
+                if isinstance(target, nn.Conv2d):
+                    target.weight.copy_(source.weight)
+                    target.bias.copy_(source.bias)
+        self.train(was_training)
+        return plain
 
 
 class FeatureDistance(nn.Module):
