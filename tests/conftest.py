@@ -61,13 +61,21 @@ def fit_tiny(
     ckpt_path: Path | None = None,
     callbacks: list[Callback] | None = None,
     eval_batch_size: int = 8,
+    precision: str = "32-true",
     **model_overrides: object,
 ) -> tuple[Engine, Rgi, RgiTextures]:
     """Fit a tiny, seeded Rgi on the tiny grass data through anomalib's Engine (CPU)."""
     seed_everything(0)
     datamodule = RgiTextures(root=root, category="grass", **{**TINY_DATA, "eval_batch_size": eval_batch_size})
     model = Rgi(**{**TINY_MODEL, **model_overrides})
-    engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1, callbacks=callbacks or [])
+    engine = Engine(
+        default_root_dir=work,
+        logger=False,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks or [],
+        precision=precision,
+    )
     engine.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
     return engine, model, datamodule
 

@@ -178,3 +178,17 @@ def test_training_set_smaller_than_a_batch_and_single_image_batches(tmp_path):
     assert int(model.model.trained_steps) == 1
     metrics = engine.test(model=model, datamodule=datamodule)[0]
     assert 0.0 <= metrics["pixel_AUROC"] <= 1.0
+
+
+def test_mixed_precision_trains_and_scores_in_float32(tiny_data_root, tmp_path):
+    """Under ``precision="bf16-mixed"`` the GAN trains in bfloat16; scoring (lam / 2 = 0.01) must not."""
+    engine, model, datamodule = fit_tiny(tiny_data_root, tmp_path, precision="bf16-mixed", feature_weight=0.5)
+    metrics = engine.test(model=model, datamodule=datamodule)[0]
+    assert 0.0 <= metrics["pixel_AUROC"] <= 1.0
+    assert list(tmp_path.rglob("images/**/*.png")), "the visualizer wrote no pictures"
+    images = torch.rand(2, 3, 32, 32)
+    plain = model.eval()(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = model(images)
+    assert autocast.anomaly_map.dtype == torch.float32
+    torch.testing.assert_close(autocast.anomaly_map, plain.anomaly_map)

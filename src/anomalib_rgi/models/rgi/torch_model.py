@@ -28,6 +28,16 @@ from anomalib_rgi.backbones import load_efficientnet_lite0
 from .inversion import InversionResult, MaskSolver, best_of_pool, invert, is_tracing
 
 
+def _float32(like: torch.Tensor) -> torch.autocast:
+    """Score in float32 under a mixed-precision trainer (``precision="bf16-mixed"``).
+
+    The mask is non-zero where the squared residual exceeds ``lam / 2`` (0.01 by default): bfloat16's
+    8-bit mantissa cannot resolve that, and its restored images and maps would reach anomalib's
+    metrics and visualiser in a type they do not read. Training may still use mixed precision.
+    """
+    return torch.autocast(like.device.type, enabled=False)
+
+
 class PixelNorm(nn.Module):
     """Normalise each pixel's feature vector to unit average square (PGGAN)."""
 
@@ -343,13 +353,14 @@ class RgiModel(nn.Module):
             raise ValueError(msg)
         self.check_images(images)
         scaled = images * 2.0 - 1.0
-        return invert(
-            self.generator,
-            scaled,
-            self.initial_latent(scaled),
-            critic=self.critic,
-            **{**self.inversion, **overrides},
-        )
+        with _float32(images):
+            return invert(
+                self.generator,
+                scaled,
+                self.initial_latent(scaled),
+                critic=self.critic,
+                **{**self.inversion, **overrides},
+            )
 
     def _smooth(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         return self.blur(anomaly_map) if self.blur is not None else anomaly_map
@@ -421,7 +432,8 @@ class RgiModel(nn.Module):
 
     def predictions(self, result: InversionResult) -> InferenceBatch:
         """Anomalib's predictions from an inversion: ``anomaly_map`` and ``pred_score`` (its maximum)."""
-        anomaly_map = self.anomaly_map(result)
+        with _float32(result.target):
+            anomaly_map = self.anomaly_map(result)
         return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
