@@ -14,9 +14,11 @@ python experiments/feature_map.py --category gravel --checkpoints results/ensemb
 ``GRID=features bash experiments/gpu_prior_grid.sh`` writes), the test half's mean over seeds per
 epoch, and the epoch each seed's validation Dice chooses (what ``select_epoch_every`` keeps), per
 prior (the name before ``-s<seed>``), method, feature reference and weight: pixel AUROC / best
-dataset Dice (of the chosen epochs: validation and test), foreign material's pixel AUROC and the
-test image AUROC (rows written before it was measured show ``-``). A checkpoint named otherwise
-counts as one seed with one epoch.
+dataset Dice (of the chosen epochs: validation and test), the test figures of the seed that
+``scripts/train_seeds.py`` would keep (the best-validating chosen epoch; of 3 seeds, averaged over
+every 3 of the seeds scored, and of all seeds), foreign material's pixel AUROC and the test image
+AUROC (rows written before it was measured show ``-``). A checkpoint named otherwise counts as one
+seed with one epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +124,10 @@ def summarise(path: Path) -> None:
 
     print(
         "| category | prior | method | features from | feature weight | test, seed mean per epoch"
-        " | epoch chosen on validation: validation | test | foreign | image AUROC |"
+        " | epoch chosen on validation: validation | test | seed kept of 3, test | seed kept of all, test"
+        " | foreign | image AUROC |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (category, prior, method, features_from, weight), rows in sorted(table.items()):
         epochs_of = defaultdict(set)  # a prior named otherwise has only its own epoch
         for seed, epoch, half in rows:
@@ -142,7 +146,15 @@ def summarise(path: Path) -> None:
         foreign = np.mean([row.get("foreign", np.nan) for row in chosen])
         measured = all("image_auroc" in row for row in chosen)
         image = f"{np.mean([row['image_auroc'] for row in chosen]):.3f}" if measured else "-"
-        cells = f"{per_epoch} | {cell(validation)} | {cell(chosen)} | {foreign:.2f} | {image}"
+        # scripts/train_seeds.py keeps the seed whose chosen epoch validates best: its test figure,
+        # averaged over every set of 3 seeds among those scored, and among all of them
+        validated = {seed: rows[seed, epoch, "validation"]["best_dataset_dice"] for seed, epoch in choice.items()}
+        kept_cells = []
+        for count in (3, len(choice)):
+            kept_seeds = [max(seeds, key=validated.get) for seeds in combinations(sorted(choice), count)]
+            kept_cells.append(cell([rows[seed, choice[seed], "test"] for seed in kept_seeds]) if kept_seeds else "-")
+        kept = " | ".join(kept_cells)
+        cells = f"{per_epoch} | {cell(validation)} | {cell(chosen)} | {kept} | {foreign:.2f} | {image}"
         print(f"| {category} | {prior} | {method} | {features_from} | {weight:g} | {cells} |")
 
 
