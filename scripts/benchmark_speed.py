@@ -62,7 +62,7 @@ def measure(method: str, args: dict) -> dict:
     model.model.inversion.update(args["settings"])
     if model.model.feature_distance is not None and torch.isnan(model.model.feature_scale):
         good = train_image_paths(args["data_root"], args["category"], limit=32)
-        model.model.calibrate_feature_scale(load_images(good, model.model.image_size))
+        model.model.calibrate_feature_scale(load_images(good, model.model.input_size))
     steps = model.model.inversion["steps"]
     images, masks = load_test_split(args["data_root"], args["category"], args["images"])
     batches = [batch for batch in BATCHES if batch <= len(images)]

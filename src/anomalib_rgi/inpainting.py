@@ -82,7 +82,7 @@ def restore(
 
     Args:
         model (Rgi): A trained model.
-        images (torch.Tensor | Sequence[str | Path]): ``(N, C, H, W)`` in [0, 1] of the model's size,
+        images (torch.Tensor | Sequence[str | Path]): ``(N, C, H, W)`` in [0, 1] of the model's input size,
             or image files (resized to it).
         batch_size (int): Images inverted at once.
         **settings: Inversion settings for this call (keys of ``model.model.inversion``), over
@@ -100,17 +100,19 @@ def restore(
         msg = "This Rgi model was never fitted; load a trained checkpoint before restoring images."
         raise ValueError(msg)
     if not isinstance(images, torch.Tensor):
-        images = load_images(images, model.model.image_size, model.model.image_channels)
+        images = load_images(images, model.model.input_size, model.model.image_channels)
     model.eval()
     chosen = {**RESTORATION_SETTINGS, **settings}
     parts = []
     for start in range(0, images.shape[0], batch_size):
-        result = model.model.invert(images[start : start + batch_size].to(model.device), **chosen)
+        batch = images[start : start + batch_size].to(model.device)
+        result = model.model.invert(batch, **chosen)
+        untile = model.model.untile  # per tile -> per image, with tiling (input_size > image_size)
         parts.append(
             (
-                ((result.restored + 1.0) / 2.0).clamp(0, 1).cpu(),
-                result.mask.abs().mean(dim=1, keepdim=True).cpu(),
-                result.loss.cpu(),
+                untile(((result.restored + 1.0) / 2.0).clamp(0, 1)).cpu(),
+                untile(result.mask.abs().mean(dim=1, keepdim=True)).cpu(),
+                result.loss.view(batch.shape[0], -1).sum(dim=1).cpu(),
             )
         )
     restored, masks, losses = (torch.cat(column) for column in zip(*parts, strict=True))
@@ -140,7 +142,7 @@ def restore_folder(
     paths = list_images(input_dir)
     model = Rgi.load_from_checkpoint(checkpoint)
     prepare_output(output_dir, overwrite)
-    images = load_images(paths, model.model.image_size, model.model.image_channels)
+    images = load_images(paths, model.model.input_size, model.model.image_channels)
     result = restore(model, images, **settings)
     for folder in ("restored", "masks", "side_by_side"):
         (output_dir / folder).mkdir(exist_ok=True)

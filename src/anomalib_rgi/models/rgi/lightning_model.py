@@ -118,7 +118,8 @@ class Rgi(AnomalibModule):
     """Robust GAN inversion (RGI, ICLR 2023) for unsupervised pixel-wise anomaly detection.
 
     Args:
-        image_size (int): Side of the square images (inputs are resized to it).
+        image_size (int): Side of the square images the prior is trained on and inverts (inputs are
+            resized to it, or to ``input_size``).
         latent_stride (int): Downsampling factor of the generator's spatial latent.
         latent_channels (int): Channels of the spatial latent.
         base_channels (int): Width of the networks at full resolution.
@@ -165,7 +166,12 @@ class Rgi(AnomalibModule):
             on average (worse in 5); over 5 seeds x 3 categories scored every 10 epochs to 40, +0.068
             and +0.057 in two runs (docs/experiments.md); the shipped configs set 10. Each
             validation costs one scoring of the validation set.
-        pre_processor (PreProcessor | bool): Pre-processor; ``True`` resizes to ``image_size``.
+        input_size (int | None): Side inputs are resized to (``None``: ``image_size``). A multiple of
+            ``image_size``: each input is cut into ``image_size`` tiles side by side, for training
+            and scoring alike, and the maps and restorations are stitched back, so small defects on
+            large images keep their pixels (anomalib's ``TilerConfigurationCallback`` is not used:
+            its stitching did not survive the OpenVINO export).
+        pre_processor (PreProcessor | bool): Pre-processor; ``True`` resizes to ``input_size``.
         post_processor (PostProcessor | bool): Post-processor; ``True`` for anomalib's default.
         evaluator (Evaluator | bool): Evaluator; ``True`` adds Dice to anomalib's metrics.
         visualizer (Visualizer | bool): Visualizer; ``True`` also shows the restored image.
@@ -197,13 +203,14 @@ class Rgi(AnomalibModule):
         min_sample_diversity: float = 0.2,  # noqa: ARG002  (read through self.hparams)
         collapse_patience: int = 20,
         select_epoch_every: int = 0,
+        input_size: int | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
         if pre_processor is True:
-            pre_processor = self.configure_pre_processor((image_size, image_size))
+            pre_processor = self.configure_pre_processor((input_size or image_size,) * 2)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -240,6 +247,7 @@ class Rgi(AnomalibModule):
             finetune_lr=finetune_lr,
             map_sigma=map_sigma,
             feature_weight=feature_weight,
+            input_size=input_size,
         )
         self.generator_loss = GeneratorLoss(adversarial_weight, reconstruction_weight)
         self.critic_loss = CriticLoss()
@@ -564,7 +572,7 @@ class Rgi(AnomalibModule):
         del batch_idx
         critic_optimizer, generator_optimizer = self.optimizers()
         self.model.check_images(batch.image)
-        images = batch.image * 2.0 - 1.0
+        images = self.model.tile(batch.image) * 2.0 - 1.0
         latents = self.model.generator.sample_latent(images.shape[0])
 
         fake = self.model.generator(latents)
@@ -639,14 +647,14 @@ class Rgi(AnomalibModule):
     ) -> Path:
         """Export scoring WITH the robust inversion: ``steps`` unrolled solver steps (see ``export.py``).
 
-        The graph takes one raw image ``(1, 3, image_size, image_size)`` in [0, 1] named ``input`` and
+        The graph takes one raw image ``(1, 3, input_size, input_size)`` in [0, 1] named ``input`` and
         returns anomalib's fields (``pred_score``, ``pred_label``, ``anomaly_map``, ``pred_mask``)
         after the same post-processing, so ``OpenVINOInferencer`` runs it unchanged.
 
         Args:
             export_root (Path | str): Folder that receives ``onnx/<model_file_name>.onnx``.
             model_file_name (str): File name without extension.
-            input_size (tuple[int, int] | None): Must equal the trained size if given.
+            input_size (tuple[int, int] | None): Must equal the model's input size if given.
             **kwargs: Passed to ``torch.onnx.export``.
 
         Returns:
@@ -654,7 +662,7 @@ class Rgi(AnomalibModule):
 
         Raises:
             RuntimeError: If the prior was never trained.
-            ValueError: If ``input_size`` differs from the trained image size.
+            ValueError: If ``input_size`` differs from the model's input size.
 
         """
         self._refuse_unfitted_export()
@@ -665,9 +673,9 @@ class Rgi(AnomalibModule):
                 "run `anomalib validate` so the thresholds come from the exported computation, then export."
             )
             raise NotImplementedError(msg)
-        size = (self.model.image_size, self.model.image_size)
+        size = (self.model.input_size, self.model.input_size)
         if input_size is not None and tuple(input_size) != size:
-            msg = f"Rgi exports at its trained size {size}; got input_size={tuple(input_size)}."
+            msg = f"Rgi exports at its input size {size}; got input_size={tuple(input_size)}."
             raise ValueError(msg)
         self.eval()
         example = torch.rand(1, self.model.image_channels, *size, device=self.device)
@@ -754,7 +762,7 @@ class Rgi(AnomalibModule):
         result: InversionResult = self.model.invert(batch.image)
         batch.update(**self.model.predictions(result)._asdict())
         # Not a field of anomalib's batch; the visualizer shows it beside the maps.
-        batch.restored = (result.restored + 1.0) / 2.0
+        batch.restored = self.model.untile((result.restored + 1.0) / 2.0)
         return batch
 
     def _calibrate_from_training_data(self) -> bool:

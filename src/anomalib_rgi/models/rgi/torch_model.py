@@ -249,6 +249,10 @@ class RgiModel(nn.Module):
             prior's image at the starting latent (``InversionResult.start``), added to the mask map
             (0 = the mask alone, the paper's map). Its scale is matched to the mask map's by
             :meth:`calibrate_feature_scale`.
+        input_size (int | None): Side of the images this model scores (``None``: ``image_size``).
+            A multiple of ``image_size``: each image is cut into ``image_size`` tiles side by side,
+            every tile is inverted on its own and the maps and restorations are stitched back, so
+            small defects on large images keep their pixels.
 
     """
 
@@ -271,8 +275,13 @@ class RgiModel(nn.Module):
         finetune_lr: float = 1e-5,
         map_sigma: float = 4.0,
         feature_weight: float = 0.0,
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
+        input_size = input_size or image_size
+        if input_size < image_size or input_size % image_size:
+            msg = f"input_size must be a multiple of the prior's image_size ({image_size}), got {input_size}."
+            raise ValueError(msg)
         if not feature_weight >= 0:
             msg = f"feature_weight must be 0 (the mask alone) or positive, got {feature_weight}."
             raise ValueError(msg)
@@ -284,6 +293,7 @@ class RgiModel(nn.Module):
             raise ValueError(msg)
         self.image_size = image_size
         self.image_channels = image_channels
+        self.input_size = input_size
         self.generator = Generator(image_size, latent_stride, latent_channels, base_channels, image_channels)
         self.encoder = Encoder(image_size, latent_stride, latent_channels, base_channels, image_channels)
         self.critic = Critic(base_channels, image_channels)
@@ -314,17 +324,42 @@ class RgiModel(nn.Module):
             ValueError: Wrong rank, channel count or size, or non-finite values.
 
         """
-        expected = (self.image_channels, self.image_size, self.image_size)
+        expected = (self.image_channels, self.input_size, self.input_size)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
             msg = (
-                f"RGI was trained on images of shape (N, {expected[0]}, {expected[1]}, {expected[2]}), got "
+                f"This RGI model scores images of shape (N, {expected[0]}, {expected[1]}, {expected[2]}), got "
                 f"{tuple(images.shape)}. Resize inputs with the model's pre-processor (anomalib does this "
-                "for you) and give them the trained number of channels."
+                "for you) and give them the trained number of channels; for larger images, set input_size "
+                "(they are then cut into tiles of the prior's image_size)."
             )
             raise ValueError(msg)
         if not is_tracing() and not torch.isfinite(images).all():
             msg = "Input images contain NaN or Inf values; RGI cannot score them."
             raise ValueError(msg)
+
+    # Tiles by reshaping, not with anomalib's Tiler: after the unrolled solver, OpenVINO (2026.4)
+    # computed the Tiler's stitching wrongly (maps off by up to 0.38; the tiles themselves agreed
+    # to 3e-4), while these view operations export exactly.
+    def tile(self, images: torch.Tensor) -> torch.Tensor:
+        """Cut ``(N, C, input_size, input_size)`` images into ``(N * k * k, C, image_size, image_size)`` tiles.
+
+        ``k = input_size / image_size``; each image's tiles in row-major order (unchanged for ``k = 1``).
+        """
+        count = self.input_size // self.image_size
+        if count == 1:
+            return images
+        num, channels, size = images.shape[0], images.shape[1], self.image_size
+        grid = images.reshape(num, channels, count, size, count, size).permute(0, 2, 4, 1, 3, 5)
+        return grid.reshape(num * count * count, channels, size, size)
+
+    def untile(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Stitch per-tile maps or images from :meth:`tile`'s order back to ``input_size``."""
+        count = self.input_size // self.image_size
+        if count == 1:
+            return tiles
+        channels, size = tiles.shape[1], self.image_size
+        grid = tiles.reshape(-1, count, count, channels, size, size).permute(0, 3, 1, 4, 2, 5)
+        return grid.reshape(-1, channels, count * size, count * size)
 
     def initial_latent(self, images: torch.Tensor) -> torch.Tensor:
         """Return the starting latents for the inversion of ``images`` (in [-1, 1])."""
@@ -338,8 +373,11 @@ class RgiModel(nn.Module):
     def invert(self, images: torch.Tensor, **overrides: float | str) -> InversionResult:
         """Robustly invert images given in [0, 1]; the result is in the generator's [-1, 1] units.
 
+        With tiling (``input_size > image_size``) the result holds one row per tile (:meth:`untile`
+        stitches its tensors back).
+
         Args:
-            images (torch.Tensor): ``(N, C, H, W)`` in [0, 1].
+            images (torch.Tensor): ``(N, C, input_size, input_size)`` in [0, 1].
             **overrides: Inversion settings for this call only, replacing those of ``self.inversion``
                 (e.g. ``mask_solver="closed_form", lam=0.05``).
 
@@ -352,7 +390,7 @@ class RgiModel(nn.Module):
             msg = f"Unknown inversion settings {unknown}; the settings are {sorted(self.inversion)}."
             raise ValueError(msg)
         self.check_images(images)
-        scaled = images * 2.0 - 1.0
+        scaled = self.tile(images) * 2.0 - 1.0
         with _float32(images):
             return invert(
                 self.generator,
@@ -431,9 +469,9 @@ class RgiModel(nn.Module):
         return float(scale)
 
     def predictions(self, result: InversionResult) -> InferenceBatch:
-        """Anomalib's predictions from an inversion: ``anomaly_map`` and ``pred_score`` (its maximum)."""
+        """Anomalib's predictions from an inversion: ``anomaly_map`` (stitched) and ``pred_score`` (its maximum)."""
         with _float32(result.target):
-            anomaly_map = self.anomaly_map(result)
+            anomaly_map = self.untile(self.anomaly_map(result))
         return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
