@@ -69,7 +69,7 @@ def test_restore_uses_the_closed_form_mask_unless_told_otherwise(trained):
 
 def test_restore_refuses_bad_input(trained, tmp_path):
     model, _ = trained
-    with pytest.raises(ValueError, match="trained on images of shape"):
+    with pytest.raises(ValueError, match="scores images of shape"):
         restore(model, torch.rand(1, 3, 40, 40))
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"nope")

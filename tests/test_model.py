@@ -129,9 +129,9 @@ def test_unreadable_training_image_is_named(tiny_data_root, tmp_path):
 @pytest.mark.parametrize(
     ("images", "message"),
     [
-        (torch.rand(1, 1, 32, 32), "trained on images of shape"),
-        (torch.rand(1, 3, 48, 48), "trained on images of shape"),
-        (torch.rand(3, 32, 32), "trained on images of shape"),
+        (torch.rand(1, 1, 32, 32), "scores images of shape"),
+        (torch.rand(1, 3, 48, 48), "scores images of shape"),
+        (torch.rand(3, 32, 32), "scores images of shape"),
         (torch.full((1, 3, 32, 32), float("nan")), "NaN or Inf"),
     ],
 )
