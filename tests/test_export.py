@@ -113,7 +113,7 @@ def test_export_of_rrgi_is_refused_with_a_way_out(exported, tmp_path):
 
 def test_export_at_another_size_is_refused(exported, tmp_path):
     model, _, _ = exported
-    with pytest.raises(ValueError, match="trained size"):
+    with pytest.raises(ValueError, match="exports at its input size"):
         model.to_onnx(tmp_path, input_size=(64, 64))
 
 
