@@ -62,11 +62,13 @@ def fit_tiny(
     callbacks: list[Callback] | None = None,
     eval_batch_size: int = 8,
     precision: str = "32-true",
+    crop_size: int = TINY_DATA["crop_size"],
     **model_overrides: object,
 ) -> tuple[Engine, Rgi, RgiTextures]:
-    """Fit a tiny, seeded Rgi on the tiny grass data through anomalib's Engine (CPU)."""
+    """Fit a tiny, seeded Rgi on the tiny grass data (crops of ``crop_size``) through anomalib's Engine (CPU)."""
     seed_everything(0)
-    datamodule = RgiTextures(root=root, category="grass", **{**TINY_DATA, "eval_batch_size": eval_batch_size})
+    data = {**TINY_DATA, "eval_batch_size": eval_batch_size, "crop_size": crop_size}
+    datamodule = RgiTextures(root=root, category="grass", **data)
     model = Rgi(**{**TINY_MODEL, **model_overrides})
     engine = Engine(
         default_root_dir=work,

@@ -6,26 +6,19 @@ import numpy as np
 import pytest
 import torch
 from anomalib.deploy import OpenVINOInferencer
-from anomalib.engine import Engine
 
-from anomalib_rgi import Rgi, RgiTextures
+from anomalib_rgi import Rgi
 from anomalib_rgi.data import build_category
 from anomalib_rgi.models.rgi.torch_model import RgiModel
 
-from .conftest import TINY_DATA, TINY_MODEL
-
-TILED_DATA = {**TINY_DATA, "crop_size": 64}
+from .conftest import TINY_MODEL, fit_tiny
 
 
 @pytest.fixture(scope="module")
 def tiled(tmp_path_factory):
     work = tmp_path_factory.mktemp("tiled")
     build_category(work / "data", "grass", crop_size=64, num_train=16, num_test_good=4, num_test_defective=4, seed=0)
-    torch.manual_seed(0)
-    datamodule = RgiTextures(root=work / "data", category="grass", **TILED_DATA)
-    model = Rgi(**TINY_MODEL, input_size=64, feature_weight=0.5)
-    engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1)
-    engine.fit(model=model, datamodule=datamodule)
+    engine, model, datamodule = fit_tiny(work / "data", work, crop_size=64, input_size=64, feature_weight=0.5)
     metrics = engine.test(model=model, datamodule=datamodule)[0]
     return engine, model.eval(), metrics, work
 
