@@ -8,13 +8,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
 import pytest
 import torch
-from anomalib.deploy import OpenVINOInferencer, TorchInferencer
+from anomalib.deploy import CompressionType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
 from PIL import Image
 
-from anomalib_rgi import Rgi, RgiTextures
+from anomalib_rgi import Dice, Rgi, RgiTextures
+from anomalib_rgi.data.textures import load_test_split
 from anomalib_rgi.models.rgi.torch_model import Critic
 
 from .conftest import TINY_DATA, TINY_MODEL, maps_in_openvino_and_torch
@@ -115,6 +117,66 @@ def test_export_at_another_size_is_refused(exported, tmp_path):
     model, _, _ = exported
     with pytest.raises(ValueError, match="exports at its input size"):
         model.to_onnx(tmp_path, input_size=(64, 64))
+
+
+# Weight-only compression must keep the maps; the quality of quantized activations is measured on a
+# trained prior by experiments/compression.py (a 1-epoch tiny prior is no guide), so for the calibrated
+# types the test asks that the quantization happened and that the graph scores.
+@pytest.mark.parametrize(
+    ("compression", "min_correlation"), [("FP16", 0.99), ("INT8", 0.98), ("INT8_PTQ", None), ("INT8_ACQ", None)]
+)
+def test_every_compression_type_exports_a_graph_that_scores(
+    exported, tiny_data_root, tmp_path, compression, min_correlation
+):
+    model, inferencer, _ = exported
+    datamodule = RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA)
+    # anomalib calibrates in evaluation batches; the graph takes one image
+    assert datamodule.eval_batch_size > 1
+    engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
+    path = engine.export(
+        model=model,
+        export_type="openvino",
+        export_root=tmp_path,
+        compression_type=CompressionType[compression],
+        datamodule=datamodule,
+        max_drop=1.0,  # INT8_ACQ: accept the first quantized graph (ranking every operation takes long)
+    )
+    assert datamodule.eval_batch_size == RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA).eval_batch_size
+    compressed = OpenVINOInferencer(path=path, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+    images, _ = load_test_split(tiny_data_root, "grass")
+    maps = np.stack([compressed.predict(image[None].numpy()).anomaly_map for image in images]).ravel()
+    reference = np.stack([inferencer.predict(image[None].numpy()).anomaly_map for image in images]).ravel()
+    assert np.isfinite(maps).all()
+    assert ((maps >= 0) & (maps <= 1)).all()
+    if min_correlation is not None:
+        assert np.corrcoef(maps, reference)[0, 1] > min_correlation
+    else:
+        operations = {op.get_type_name() for op in ov.Core().read_model(path).get_ops()}
+        assert "FakeQuantize" in operations
+
+
+def test_int8_compression_without_nncf_says_what_to_install(exported, tmp_path, monkeypatch):
+    model, _, _ = exported
+    monkeypatch.setattr("anomalib_rgi.models.rgi.lightning_model.module_available", lambda name: name != "nncf")
+    with pytest.raises(ModuleNotFoundError, match="pip install nncf"):
+        model.to_openvino(tmp_path, compression_type=CompressionType.INT8)
+    assert not (tmp_path / "weights").exists()
+
+
+def test_calibrated_int8_compression_without_images_or_with_a_pixel_metric_is_refused(
+    exported, tiny_data_root, tmp_path
+):
+    model, _, _ = exported
+    with pytest.raises(ValueError, match="pass a datamodule"):
+        model.to_openvino(tmp_path, compression_type=CompressionType.INT8_PTQ)
+    with pytest.raises(ValueError, match="image-level fields only"):
+        model.to_openvino(
+            tmp_path,
+            compression_type=CompressionType.INT8_ACQ,
+            datamodule=RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA),
+            metric=Dice(),
+        )
+    assert not (tmp_path / "weights").exists()
 
 
 def _script(name: str):

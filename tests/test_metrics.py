@@ -11,6 +11,7 @@ from anomalib.metrics import F1Score
 from anomalib_rgi.metrics import (
     Dice,
     PerImageBestDice,
+    QuantizationMetric,
     best_dataset_dice,
     best_dice_per_image,
     map_quality,
@@ -111,3 +112,17 @@ def test_map_quality_pools_all_images_and_rounds():
 def test_map_quality_has_no_image_auroc_without_good_images():
     scores, masks, defects = three_images_two_defects()
     assert np.isnan(map_quality(scores[1:], masks[1:], defects[1:])["image_auroc"])
+
+
+def test_quantization_metric_takes_one_image_labels_and_scores_each_run_on_its_own_images():
+    metric = QuantizationMetric(F1Score(fields=["pred_label", "gt_label"]))
+
+    def one_image(predicted: bool, truth: bool) -> ImageBatch:  # anomalib squeezes pred_label to 0-d
+        image = torch.rand(1, 3, 8, 8)
+        return ImageBatch(image=image, pred_label=torch.tensor(predicted), gt_label=torch.tensor([truth]))
+
+    metric.update(one_image(True, True))
+    metric.update(one_image(False, True))
+    assert metric.compute().item() == pytest.approx(2 / 3)
+    metric.update(one_image(True, True))
+    assert metric.compute().item() == pytest.approx(1.0)

@@ -11,8 +11,11 @@ does not have), and the best Dice values are averaged over the images that conta
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import numpy as np
 import torch
+from anomalib.data import Batch
 from anomalib.metrics import AnomalibMetric
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -57,6 +60,39 @@ class Dice(AnomalibMetric, _DiceScore):  # type: ignore[misc]
     """Dataset-level Dice of ``pred_mask`` against ``gt_mask`` (use with ``prefix="pixel_"``)."""
 
     default_fields = ("pred_mask", "gt_mask")
+
+
+class QuantizationMetric:
+    """The accuracy metric of an ``INT8_ACQ`` export, fit for a one-image graph.
+
+    anomalib's accuracy-aware quantization squeezes the outputs of a one-image graph to 0-d tensors
+    (image metrics then fail on the shapes), and hands the metric to every validation run NNCF makes
+    (the original model, the quantized one, each candidate) without resetting it, so each run would
+    be scored on the images of all earlier runs too. This wrapper gives 0-d fields back their batch
+    dimension and resets the metric once computed.
+
+    Args:
+        metric (Metric): An anomalib metric, e.g. ``F1Score(fields=["pred_label", "gt_label"])``.
+
+    """
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+
+    def update(self, batch: Batch) -> None:
+        """Accumulate one batch."""
+        squeezed = {
+            field.name: torch.atleast_1d(value)
+            for field in fields(batch)
+            if isinstance(value := getattr(batch, field.name), torch.Tensor) and value.ndim == 0
+        }
+        self.metric.update(replace(batch, **squeezed))
+
+    def compute(self) -> torch.Tensor:
+        """Return the metric of the images seen since the last call, and start afresh."""
+        value = self.metric.compute()
+        self.metric.reset()
+        return value
 
 
 def best_dice_per_image(anomaly_maps: torch.Tensor, masks: torch.Tensor, num_thresholds: int = 101) -> torch.Tensor:

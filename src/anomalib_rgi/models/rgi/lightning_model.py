@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.callbacks import ModelCheckpoint
-from anomalib.data import Batch
-from anomalib.deploy import ExportType
+from anomalib.data import AnomalibDataModule, Batch
+from anomalib.deploy import CompressionType, ExportType
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Max, F1Score
 from anomalib.models.components import AnomalibModule
 from anomalib.models.components.base.export_mixin.utils import create_export_root
@@ -39,10 +39,12 @@ from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from lightning_utilities.core.imports import module_available
 from torch import nn
+from torchmetrics import Metric
 from torchvision.transforms.v2 import Resize
 
-from anomalib_rgi.metrics import Dice, PerImageBestDice
+from anomalib_rgi.metrics import Dice, PerImageBestDice, QuantizationMetric
 from anomalib_rgi.visualization import RgiVisualizer
 
 from .export import keep_only_output_names, trace_unrolled
@@ -724,18 +726,66 @@ class Rgi(AnomalibModule):
         finally:
             self.model.critic = critic
 
-    def to_openvino(self, *args, **kwargs) -> Path:
+    def to_openvino(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        compression_type: CompressionType | None = None,
+        datamodule: AnomalibDataModule | None = None,
+        metric: Metric | None = None,
+        **kwargs: Any,  # noqa: ANN401  (passed to anomalib's to_openvino)
+    ) -> Path:
         """Export to OpenVINO as anomalib does (through :meth:`to_onnx`), with clean output names.
 
+        Every compression type of anomalib works. The graph takes one image per call, so the INT8
+        calibration images (``INT8_PTQ``, ``INT8_ACQ``: the datamodule's validation images) are fed one
+        at a time; anomalib would feed them in the datamodule's evaluation batches. ``INT8_ACQ`` keeps
+        ``metric`` (anomalib's default: image F1) within ``max_drop`` on the datamodule's test images,
+        through :class:`QuantizationMetric`.
+
         Args:
-            *args: Passed to anomalib's ``to_openvino``.
-            **kwargs: Passed to anomalib's ``to_openvino``.
+            export_root (Path | str): Folder that receives ``weights/openvino/<model_file_name>.xml``.
+            model_file_name (str): File name without extension.
+            input_size (tuple[int, int] | None): Must equal the model's input size if given.
+            compression_type (CompressionType | None): anomalib's ``FP16``, ``INT8`` (weights),
+                ``INT8_PTQ`` or ``INT8_ACQ``; the INT8 types need the ``nncf`` package.
+            datamodule (AnomalibDataModule | None): Calibration (and, for ``INT8_ACQ``, accuracy) images.
+            metric (Metric | None): ``INT8_ACQ``'s accuracy metric.
+            **kwargs: Passed to anomalib's ``to_openvino`` (``max_drop``, ``ov_kwargs``, ...).
 
         Returns:
             Path: The OpenVINO ``.xml`` file.
 
+        Raises:
+            ModuleNotFoundError: If an INT8 type is asked for without ``nncf`` installed.
+            ValueError: If an INT8 type that calibrates is asked for without a datamodule, or
+                ``INT8_ACQ`` with a metric of the ground-truth masks.
+
         """
-        xml_path = super().to_openvino(*args, **kwargs)
+        int8 = compression_type not in {None, CompressionType.FP16}
+        if int8 and not module_available("nncf"):
+            msg = f"OpenVINO {compression_type.name} compression needs NNCF: pip install nncf (or anomalib-rgi[int8])."
+            raise ModuleNotFoundError(msg)
+        calibrated = compression_type in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}
+        if calibrated and datamodule is None:
+            msg = f"OpenVINO {compression_type.name} compression calibrates on images: pass a datamodule (--data)."
+            raise ValueError(msg)
+        if compression_type == CompressionType.INT8_ACQ:
+            if "gt_mask" in getattr(metric, "fields", ()):
+                msg = "INT8_ACQ validates with image-level fields only: anomalib passes no gt_mask to the metric."
+                raise ValueError(msg)
+            metric = QuantizationMetric(metric or F1Score(fields=["pred_label", "gt_label"]))
+        eval_batch_size = getattr(datamodule, "eval_batch_size", None)
+        if calibrated:
+            datamodule.eval_batch_size = 1
+        try:
+            xml_path = super().to_openvino(
+                export_root, model_file_name, input_size, compression_type, datamodule, metric, **kwargs
+            )
+        finally:
+            if calibrated:
+                datamodule.eval_batch_size = eval_batch_size
         keep_only_output_names(xml_path)
         return xml_path
 
