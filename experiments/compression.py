@@ -4,9 +4,10 @@
 host's ways to shrink a model for the line. For one checkpoint this exports the graph once per type
 (``Rgi.to_openvino``, as the CLI does; INT8_PTQ / INT8_ACQ calibrate on the datamodule's validation
 half), scores both halves of the built-in test crops with each and prints, per type: file size,
-ms per image (batch 1, 2 threads, fastest of 3 passes), pixel AUROC, best-threshold dataset Dice, image AUROC and the
-dataset Dice at the model's threshold and the
-largest difference of its anomaly maps from the uncompressed export's.
+ms per image (batch 1, 2 threads, fastest of 3 passes), pixel AUROC, best-threshold dataset Dice,
+dataset Dice at the model's threshold, image AUROC and the largest difference of its anomaly maps
+from the uncompressed export's. ``--precisions f32 bf16 default`` also scores each export at other
+OpenVINO CPU inference precisions (``default``: OpenVINO's own choice, bf16 on CPUs with bf16 units).
 
     python experiments/compression.py --checkpoint results/.../model.ckpt --category brick \
         --out docs/results/compression-2026-11-28
@@ -15,6 +16,7 @@ largest difference of its anomaly maps from the uncompressed export's.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import tempfile
@@ -44,13 +46,14 @@ def export(model: Rgi, compression: str, root: Path, datamodule: RgiTextures) ->
     return xml, time.perf_counter() - start
 
 
-def score(xml: Path, images: torch.Tensor, threads: int, repeats: int) -> tuple[np.ndarray, ...]:
+def score(xml: Path, images: torch.Tensor, threads: int, repeats: int, precision: str) -> tuple[np.ndarray, ...]:
     """Anomaly maps, predicted masks, scores (batch 1) and the mean ms per image of the fastest pass."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(
-        str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    config = {"INFERENCE_NUM_THREADS": threads} | (
+        {} if precision == "default" else {"INFERENCE_PRECISION_HINT": precision}
     )
+    compiled = ov.Core().compile_model(str(xml), "CPU", config)
     compiled(images[:1].numpy())  # first call compiles kernels
     passes = []
     for _ in range(repeats):
@@ -73,11 +76,17 @@ def main() -> None:
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["f32"],
+        help="OpenVINO CPU inference precisions to score each export with (default: OpenVINO's own choice)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over each half (the fastest counts)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    if args.types[0] != "none":
-        parser.error("--types must start with none: the other types are compared with it")
+    if args.types[0] != "none" or args.precisions[0] != "f32":
+        parser.error("--types must start with none and --precisions with f32: the others are compared with them")
 
     torch.set_num_threads(args.threads)
     model = Rgi.load_from_checkpoint(args.checkpoint).eval()
@@ -97,11 +106,11 @@ def main() -> None:
                 "bin_mb": round(xml.with_suffix(".bin").stat().st_size / 2**20, 2),
                 "machine": f"{platform.machine()}, {args.threads} threads",
             }
-            for half, (images, masks) in halves.items():
-                maps, predicted, scores, ms = score(xml, images, args.threads, args.repeats)
+            for precision, (half, (images, masks)) in itertools.product(args.precisions, halves.items()):
+                maps, predicted, scores, ms = score(xml, images, args.threads, args.repeats, precision)
                 labels = masks.reshape(len(masks), -1).any(axis=1)
                 reference.setdefault(half, maps)
-                row[half] = {
+                row[half if precision == "f32" else f"{half}-{precision}"] = {
                     "ms_per_image": round(ms, 1),
                     "pixel_auroc": round(float(roc_auc_score(masks.ravel(), maps.ravel())), 4),
                     "best_dice": round(best_dataset_dice(maps, masks), 4),
