@@ -168,7 +168,7 @@ def test_calibrated_int8_compression_without_images_or_with_a_pixel_metric_is_re
 ):
     model, _, _ = exported
     with pytest.raises(ValueError, match="pass a datamodule"):
-        model.to_openvino(tmp_path, compression_type=CompressionType.INT8_PTQ)
+        model.to_openvino(tmp_path, compression_type="int8_ptq")
     with pytest.raises(ValueError, match="image-level fields only"):
         model.to_openvino(
             tmp_path,

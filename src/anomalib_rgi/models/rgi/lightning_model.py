@@ -763,6 +763,7 @@ class Rgi(AnomalibModule):
                 ``INT8_ACQ`` with a metric of the ground-truth masks.
 
         """
+        compression_type = CompressionType(compression_type) if compression_type else None
         int8 = compression_type not in {None, CompressionType.FP16}
         if int8 and not module_available("nncf"):
             msg = f"OpenVINO {compression_type.name} compression needs NNCF: pip install nncf (or anomalib-rgi[int8])."
