@@ -19,6 +19,7 @@ training set and the epoch chosen on synthetic anomalies cost. A fit already und
 
 python experiments/synthetic_validation.py --config configs/rgi_fast.yaml --categories brick gravel grass \
     --root results/synthetic-validation --out docs/results/synthetic-validation-<date>/rows.jsonl
+python experiments/synthetic_validation.py --summarise docs/results/synthetic-validation-<date>/rows.jsonl
 """
 
 from __future__ import annotations
@@ -61,6 +62,24 @@ def score_on_the_real_half(checkpoint: Path, config: Path, category: str) -> dic
     return scores
 
 
+def summarise(rows_path: Path) -> None:
+    """Print the rows as a markdown table, test half, one line per fit."""
+    print(
+        "| category | validation | kept epoch | pixel AUROC | Dice, best threshold | Dice at its threshold "
+        "| Dice at real-defect thresholds | image AUROC (own / real) | image F1 at its threshold |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for line in rows_path.read_text().splitlines():
+        row = json.loads(line)
+        own, real = row["own_thresholds"], row["real_thresholds"]
+        epoch = row["kept"]["epoch"] if row["kept"] else "last"
+        print(
+            f"| {row['category']} | {row['validation']} | {epoch} | {own['pixel_AUROC']:.3f} "
+            f"| {own['pixel_F1Max']:.3f} | {own['pixel_Dice']:.3f} | {real['pixel_Dice']:.3f} "
+            f"| {own['image_AUROC']:.3f} / {real['image_AUROC']:.3f} | {own['image_F1Score']:.3f} |"
+        )
+
+
 def main() -> None:
     """Fit (or reuse) each category with real and with synthetic validation; append one JSON row per fit."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,9 +89,15 @@ def main() -> None:
     parser.add_argument("--split-ratio", type=float, default=0.2, help="share of the training images that validate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=Path("results/synthetic-validation"))
-    parser.add_argument("--out", type=Path, required=True, help="JSON lines file the rows are appended to")
+    parser.add_argument("--out", type=Path, help="JSON lines file the rows are appended to")
+    parser.add_argument("--summarise", type=Path, help="print a rows file as a table instead of fitting")
     parser.add_argument("extra", nargs="*", help="more anomalib arguments for the fits (after --)")
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return
+    if args.out is None:
+        parser.error("--out is required to fit")
     for category in args.categories:
         for source in args.sources:
             extra = ["--data.init_args.category", category, *args.extra]

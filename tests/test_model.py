@@ -192,3 +192,19 @@ def test_mixed_precision_trains_and_scores_in_float32(tiny_data_root, tmp_path):
         autocast = model(images)
     assert autocast.anomaly_map.dtype == torch.float32
     torch.testing.assert_close(autocast.anomaly_map, plain.anomaly_map)
+
+
+def test_validation_on_good_images_alone_learns_thresholds_that_pass_them(tiny_data_root, tmp_path):
+    """Good parts only: ``val_split_mode="from_train"`` and the last epoch (no masks to choose one with)."""
+    datamodule = RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA, val_split_mode="from_train")
+    model = Rgi(**TINY_MODEL, feature_weight=0.5)
+    engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
+    engine.fit(model=model, datamodule=datamodule)
+    assert all(int(item.gt_label) == 0 for item in datamodule.val_data)
+    assert torch.isfinite(model.post_processor.image_threshold)
+    assert torch.isfinite(model.post_processor.pixel_threshold)
+    predictions = engine.predict(model=model, dataloaders=datamodule.val_dataloader())
+    flagged = torch.cat([batch.pred_label.reshape(-1) for batch in predictions])
+    assert flagged.sum() <= 1, "the threshold falls back to the highest good score: at most that image is flagged"
+    metrics = engine.test(model=model, datamodule=datamodule)[0]
+    assert 0.0 <= metrics["pixel_Dice"] <= 1.0

@@ -416,7 +416,8 @@ class Rgi(AnomalibModule):
                 f"select_epoch_every={self.hparams.select_epoch_every} chooses the epoch by validation Dice, but "
                 f"the validation at epoch {self.current_epoch} gave val_pixel_F1Max={logged}: the validation set "
                 "needs defective images with masks (e.g. a test split with ground truth and val_split_mode "
-                "'from_test'). Set select_epoch_every=0 to keep the last epoch."
+                "'from_test'). Set select_epoch_every=0 to keep the last epoch; with defect-free images only, "
+                "val_split_mode 'from_train' then learns the thresholds from good images (README, 'Only good parts')."
             )
             raise ValueError(msg)
         return score
