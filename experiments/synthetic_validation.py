@@ -81,7 +81,7 @@ def summarise(rows_path: Path) -> None:
 
 
 def main() -> None:
-    """Fit (or reuse) each category with real and with synthetic validation; append one JSON row per fit."""
+    """Fit (or reuse) each category with each validation source; append one JSON row per fit."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("configs/rgi_fast.yaml"))
     parser.add_argument("--categories", nargs="+", default=["brick", "gravel", "grass"])
