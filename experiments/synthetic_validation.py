@@ -47,19 +47,20 @@ def score_on_the_real_half(checkpoint: Path, config: Path, category: str) -> dic
     data_args = yaml.safe_load(config.read_text())["data"]["init_args"]
     datamodule = RgiTextures(**{**data_args, "category": category})
     model = Rgi.load_from_checkpoint(checkpoint, weights_only=True)
-    scores = {}
     with tempfile.TemporaryDirectory() as work:
         engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1)
-        for thresholds in ("own_thresholds", "real_thresholds"):
-            if thresholds == "real_thresholds":
-                engine.validate(model=model, datamodule=datamodule, verbose=False)
+
+        def test() -> dict[str, float]:
             (metrics,) = engine.test(model=model, datamodule=datamodule, verbose=False)
-            scores[thresholds] = {
+            return {
                 **{key: round(float(value), 4) for key, value in metrics.items()},
                 "image_threshold": round(float(model.post_processor.image_threshold), 4),
                 "pixel_threshold": round(float(model.post_processor.pixel_threshold), 4),
             }
-    return scores
+
+        own = test()
+        engine.validate(model=model, datamodule=datamodule, verbose=False)  # learns thresholds on real defects
+        return {"own_thresholds": own, "real_thresholds": test()}
 
 
 def summarise(rows_path: Path) -> None:
