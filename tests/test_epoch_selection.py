@@ -106,5 +106,6 @@ def test_selection_without_defect_masks_in_validation_says_so(tiny_data_root, tm
         num_workers=0,
     )
     engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
-    with pytest.raises(ValueError, match=r"needs defective images with masks.*select_epoch_every=0.*from_train"):
+    advice = r"needs defective images with masks.*select_epoch_every=0.*from_train.*FalseAlarmPostProcessor"
+    with pytest.raises(ValueError, match=advice):
         engine.fit(Rgi(**{**TINY_MODEL, "select_epoch_every": 1}), datamodule=datamodule)

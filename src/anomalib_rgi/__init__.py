@@ -6,11 +6,12 @@ imports ``anomalib.models``.
 """
 
 from .data import RgiTextures
-from .metrics import Dice, PerImageBestDice
+from .metrics import Dice, FalseAlarmRate, PerImageBestDice
 from .models import Rgi
+from .post_processing import FalseAlarmPostProcessor
 from .registration import register
 
-__all__ = ["Dice", "PerImageBestDice", "Rgi", "RgiTextures", "register"]
+__all__ = ["Dice", "FalseAlarmPostProcessor", "FalseAlarmRate", "PerImageBestDice", "Rgi", "RgiTextures", "register"]
 __version__ = "0.1.0"
 
 register()

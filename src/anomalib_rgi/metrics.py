@@ -62,6 +62,37 @@ class Dice(AnomalibMetric, _DiceScore):  # type: ignore[misc]
     default_fields = ("pred_mask", "gt_mask")
 
 
+class _FalseAlarmShare(Metric):
+    """Share of the predictions on good images (``labels`` 0) that flag a defect; NaN without good images."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("false_alarms", "normal"):
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count the flags on good images; ``preds`` (labels or masks) is binarised at 0.5 if not boolean."""
+        preds = preds.bool() if preds.dtype == torch.bool else preds >= 0.5
+        good = preds[~labels.reshape(-1).bool()]
+        self.false_alarms += good.sum()
+        self.normal += good.numel()
+
+    def compute(self) -> torch.Tensor:
+        """Return the flags over the predictions on good images."""
+        return self.false_alarms.float() / self.normal if self.normal > 0 else torch.tensor(float("nan"))
+
+
+class FalseAlarmRate(AnomalibMetric, _FalseAlarmShare):  # type: ignore[misc]
+    """Share of good images (``pred_label``, ``gt_label``) or of their pixels (``pred_mask``, ``gt_label``) flagged.
+
+    The figure a false-alarm budget (:class:`~anomalib_rgi.FalseAlarmPostProcessor`) is checked
+    against on test data. Pixels of defective images do not count: those beside a defect are lit by
+    the map's smoothing, which is no false alarm on a good part.
+    """
+
+
 class QuantizationMetric:
     """The accuracy metric of an ``INT8_ACQ`` export, fit for a one-image graph.
 

@@ -44,7 +44,7 @@ from torch import nn
 from torchmetrics import Metric
 from torchvision.transforms.v2 import Resize
 
-from anomalib_rgi.metrics import Dice, PerImageBestDice, QuantizationMetric
+from anomalib_rgi.metrics import Dice, FalseAlarmRate, PerImageBestDice, QuantizationMetric
 from anomalib_rgi.visualization import RgiVisualizer
 
 from .export import keep_only_output_names, trace_unrolled
@@ -417,7 +417,8 @@ class Rgi(AnomalibModule):
                 f"the validation at epoch {self.current_epoch} gave val_pixel_F1Max={logged}: the validation set "
                 "needs defective images with masks (e.g. a test split with ground truth and val_split_mode "
                 "'from_test'). Set select_epoch_every=0 to keep the last epoch; with defect-free images only, "
-                "val_split_mode 'from_train' then learns the thresholds from good images (README, 'Only good parts')."
+                "val_split_mode 'from_train' then learns the thresholds from good images, best with "
+                "post_processor=FalseAlarmPostProcessor (README, 'Only good parts')."
             )
             raise ValueError(msg)
         return score
@@ -501,10 +502,11 @@ class Rgi(AnomalibModule):
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """Anomalib's default metrics plus AUPRO and Dice.
+        """Anomalib's default metrics plus AUPRO, Dice and the false-alarm rates.
 
         ``pixel_Dice`` is dataset-level at the learned threshold, ``pixel_F1Max`` the dataset-level
-        Dice at the best single threshold, ``pixel_PerImageBestDice`` the paper's per-image oracle.
+        Dice at the best single threshold, ``pixel_PerImageBestDice`` the paper's per-image oracle;
+        ``image_FalseAlarmRate`` and ``pixel_FalseAlarmRate`` the shares of good images and of their pixels flagged.
         """
         test_metrics = [
             AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
@@ -515,6 +517,9 @@ class Rgi(AnomalibModule):
             Dice(prefix="pixel_", strict=False),
             F1Max(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
             PerImageBestDice(prefix="pixel_", strict=False),
+            # Appended: AUPRO's buffer is saved under its index, and older checkpoints must still load.
+            FalseAlarmRate(fields=["pred_label", "gt_label"], prefix="image_"),
+            FalseAlarmRate(fields=["pred_mask", "gt_label"], prefix="pixel_", strict=False),
         ]
         # For select_epoch_every; cheap, and it shows the validation Dice in every run's log.
         val_metrics = [F1Max(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False)]
