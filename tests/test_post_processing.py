@@ -6,6 +6,7 @@ import pytest
 import torch
 from anomalib.data import ImageBatch
 from anomalib.engine import Engine
+from anomalib.models import Padim
 from lightning.pytorch import seed_everything
 
 from anomalib_rgi import FalseAlarmPostProcessor, FalseAlarmRate, Rgi, RgiTextures
@@ -105,3 +106,16 @@ def test_rgi_on_good_images_alone_keeps_the_budget(tiny_data_root, tmp_path):
     assert loaded.post_processor.pixel_false_alarm_rate == 0.05
     assert loaded.post_processor.image_false_alarm_rate == 0.5
     assert torch.equal(loaded.post_processor.pixel_threshold, post_processor.pixel_threshold)
+
+
+def test_budget_works_for_other_anomalib_models(tiny_data_root, tmp_path):
+    """Nothing in the post-processor is Rgi's: PaDiM (random backbone, nothing downloaded) keeps the budget too."""
+    datamodule = RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA, val_split_mode="from_train")
+    post_processor = FalseAlarmPostProcessor(pixel_false_alarm_rate=0.05)
+    backbone = {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1"], "n_features": 32}
+    model = Padim(**backbone, post_processor=post_processor)
+    engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
+    engine.fit(model=model, datamodule=datamodule)
+    predictions = engine.predict(model=model, dataloaders=datamodule.val_dataloader())
+    pixels = torch.cat([batch.pred_mask.reshape(-1) for batch in predictions]).float()
+    assert 0.04 < float(pixels.mean()) <= 0.05
