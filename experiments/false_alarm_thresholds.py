@@ -15,7 +15,7 @@ over them), scored on the category left out.
 
 python experiments/false_alarm_thresholds.py --fits docs/results/synthetic-validation-2026-11-28/rows.jsonl \
     --out docs/results/false-alarm-<date>/rows.jsonl
-python experiments/false_alarm_thresholds.py --summarise docs/results/false-alarm-<date>/rows.jsonl
+python experiments/false_alarm_thresholds.py --summarise docs/results/false-alarm-<date>/rows*.jsonl
 """
 
 from __future__ import annotations
@@ -57,27 +57,29 @@ def score_budgets(fit: dict, rates: list[float]) -> Iterator[dict]:
             }
 
 
-def summarise(rows_path: Path) -> None:
-    """Print Dice and the measured false-alarm rate per budget, then the leave-one-category-out default."""
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+def summarise(rows_paths: list[Path]) -> None:
+    """Print Dice and the measured false-alarm rate per budget (means over priors), then the leave-one-out default."""
+    rows = [json.loads(line) for path in rows_paths for line in path.read_text().splitlines()]
     categories = list(dict.fromkeys(row["category"] for row in rows))
-    by_rate: dict[float, dict[str, dict]] = defaultdict(dict)
+    cells: dict[float, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        by_rate[row["pixel_false_alarm_rate"]][row["category"]] = row
+        cells[row["pixel_false_alarm_rate"]][row["category"]].append(row)
+
+    def mean(rate: float, category: str, key: str) -> float:
+        return sum(row[key] for row in cells[rate][category]) / len(cells[rate][category])
+
+    priors = {category: len(cells[min(cells)][category]) for category in categories}
+    print(f"Priors per category: {priors}; means over them.")
     print("| pixel false-alarm budget | " + " | ".join(f"{c}: Dice / good pixels flagged" for c in categories) + " |")
     print("|---|" + "---|" * len(categories))
-    for rate, cells in sorted(by_rate.items()):
-        print(
-            f"| {rate:g} | "
-            + " | ".join(f"{cells[c]['pixel_Dice']:.3f} / {cells[c]['pixel_FalseAlarmRate']:.2g}" for c in categories)
-            + " |"
-        )
+    for rate in sorted(cells):
+        means = [f"{mean(rate, c, 'pixel_Dice'):.3f} / {mean(rate, c, 'pixel_FalseAlarmRate'):.2g}" for c in categories]
+        print(f"| {rate:g} | " + " | ".join(means) + " |")
     print("\nLeave one category out (budget of the best mean Dice over the others, scored on the one left out):")
     for left_out in categories:
         others = [c for c in categories if c != left_out]
-        chosen = max(by_rate, key=lambda rate: sum(by_rate[rate][c]["pixel_Dice"] for c in others))
-        row = by_rate[chosen][left_out]
-        print(f"- {left_out}: budget {chosen:g} -> Dice {row['pixel_Dice']:.3f}, image F1 {row['image_F1Score']:.3f}")
+        chosen = max(cells, key=lambda rate: sum(mean(rate, c, "pixel_Dice") for c in others))
+        print(f"- {left_out}: budget {chosen:g} -> Dice {mean(chosen, left_out, 'pixel_Dice'):.3f}")
 
 
 def main() -> None:
@@ -87,7 +89,7 @@ def main() -> None:
     parser.add_argument("--categories", nargs="+", help="only these categories (default: all good fits)")
     parser.add_argument("--rates", nargs="+", type=float, default=RATES)
     parser.add_argument("--out", type=Path, help="JSON lines file the rows are appended to")
-    parser.add_argument("--summarise", type=Path, help="print a rows file as tables instead of scoring")
+    parser.add_argument("--summarise", type=Path, nargs="+", help="print rows files as tables instead of scoring")
     args = parser.parse_args()
     if args.summarise:
         summarise(args.summarise)

@@ -48,6 +48,14 @@ def test_fit_and_test_report_dice_beside_auroc(fitted):
         assert picture.size == (5 * 256, 256)  # input, restored, map, predicted mask, ground truth
 
 
+def test_state_keys_outside_the_network_stay_where_older_checkpoints_have_them():
+    """Checkpoints load strictly: a metric with a buffer that moves in the evaluator's list breaks every older one."""
+    outside = {key for key in Rgi(**TINY_MODEL).state_dict() if not key.startswith("model.")}
+    thresholds = {f"post_processor.{name}" for name in ("_image_threshold", "_pixel_threshold")}
+    ranges = {f"post_processor.{level}_{end}" for level in ("image", "pixel") for end in ("min", "max")}
+    assert outside == thresholds | ranges | {"evaluator.test_metrics.4.fpr_limit"}
+
+
 def test_checkpoint_round_trip_under_weights_only(fitted):
     engine, model, _, _, _ = fitted
     checkpoint = engine.trainer.checkpoint_callback.best_model_path
