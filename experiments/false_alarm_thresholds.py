@@ -27,8 +27,8 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
 from anomalib.engine import Engine
+from synthetic_validation import data_arguments
 
 from anomalib_rgi import FalseAlarmPostProcessor, Rgi, RgiTextures
 
@@ -37,7 +37,7 @@ RATES = [0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 
 def score_budgets(fit: dict, rates: list[float]) -> Iterator[dict]:
     """Validate one good-only prior at each pixel false-alarm rate and test it on the real test half."""
-    data_args = {**yaml.safe_load(Path(fit["config"]).read_text())["data"]["init_args"], "category": fit["category"]}
+    data_args = data_arguments(Path(fit["config"]), fit["category"])
     good_only = RgiTextures(**data_args, val_split_mode="from_train", val_split_ratio=fit["split_ratio"])
     real = RgiTextures(**data_args)
     with tempfile.TemporaryDirectory() as work:

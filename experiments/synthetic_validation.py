@@ -42,10 +42,14 @@ from train_seeds import fit_seed
 SOURCES = ["real", "synthetic", "good"]
 
 
+def data_arguments(config: Path, category: str) -> dict:
+    """The config's datamodule arguments, for ``category``."""
+    return {**yaml.safe_load(config.read_text())["data"]["init_args"], "category": category}
+
+
 def score_on_the_real_half(checkpoint: Path, config: Path, category: str) -> dict[str, dict[str, float]]:
     """Test a prior on the shipped split's test half with its own thresholds, then with real-defect ones."""
-    data_args = yaml.safe_load(config.read_text())["data"]["init_args"]
-    datamodule = RgiTextures(**{**data_args, "category": category})
+    datamodule = RgiTextures(**data_arguments(config, category))
     model = Rgi.load_from_checkpoint(checkpoint, weights_only=True)
     with tempfile.TemporaryDirectory() as work:
         engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1)

@@ -30,6 +30,11 @@ def _check_shapes(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
     return preds, target.bool()
 
 
+def _binarise(preds: torch.Tensor) -> torch.Tensor:
+    """Masks or labels as booleans; scores are cut at 0.5."""
+    return preds.bool() if preds.dtype == torch.bool else preds >= 0.5
+
+
 class _DiceScore(Metric):
     """Dataset-level Dice ``2 TP / (2 TP + FP + FN)`` of binary predictions; 1.0 when both are empty."""
 
@@ -43,7 +48,7 @@ class _DiceScore(Metric):
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """Accumulate counts; ``preds`` is binarised at 0.5 if it is not boolean."""
         preds, target = _check_shapes(preds, target)
-        preds = preds.bool() if preds.dtype == torch.bool else preds >= 0.5
+        preds = _binarise(preds)
         self.true_positives += (preds & target).sum()
         self.false_positives += (preds & ~target).sum()
         self.false_negatives += (~preds & target).sum()
@@ -74,7 +79,7 @@ class _FalseAlarmShare(Metric):
 
     def update(self, preds: torch.Tensor, labels: torch.Tensor) -> None:
         """Count the flags on good images; ``preds`` (labels or masks) is binarised at 0.5 if not boolean."""
-        preds = preds.bool() if preds.dtype == torch.bool else preds >= 0.5
+        preds = _binarise(preds)
         good = preds[~labels.reshape(-1).bool()]
         self.false_alarms += good.sum()
         self.normal += good.numel()
