@@ -9,6 +9,11 @@ good score and costs 0.11-0.18 Dice against thresholds learned on real defects. 
 the budget's threshold and ``pixel_FalseAlarmRate``, the share of good test pixels flagged (how
 well the budget set on validation images holds on unseen ones).
 
+``--validation unseen`` validates instead on the good crops of the real validation half: crops of the
+photograph's test rows, which no training crop covers (``from_train`` crops overlap the training
+crops' pixels many times over). The two arms tell whether a budget overshoot on the test half comes
+from validating on pixels the prior was trained on.
+
 A budget is the factory's choice, not ours to tune on the test half. ``--summarise`` also prints the
 default an engineer would have picked from the OTHER categories (the rate of the best mean Dice
 over them), scored on the category left out.
@@ -35,10 +40,22 @@ from anomalib_rgi import FalseAlarmPostProcessor, Rgi, RgiTextures
 RATES = [0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 
 
-def score_budgets(fit: dict, rates: list[float]) -> Iterator[dict]:
+class UnseenGoodValidation(RgiTextures):
+    """The real validation half without its defective crops: good crops from rows no training crop covers."""
+
+    def _create_val_split(self) -> None:
+        super()._create_val_split()
+        samples = self.val_data.samples
+        self.val_data.samples = samples[samples.label_index == 0].reset_index(drop=True)
+
+
+def score_budgets(fit: dict, rates: list[float], validation: str = "train") -> Iterator[dict]:
     """Validate one good-only prior at each pixel false-alarm rate and test it on the real test half."""
     data_args = data_arguments(Path(fit["config"]), fit["category"])
-    good_only = RgiTextures(**data_args, val_split_mode="from_train", val_split_ratio=fit["split_ratio"])
+    if validation == "train":
+        good_only = RgiTextures(**data_args, val_split_mode="from_train", val_split_ratio=fit["split_ratio"])
+    else:
+        good_only = UnseenGoodValidation(**data_args)
     real = RgiTextures(**data_args)
     with tempfile.TemporaryDirectory() as work:
         engine = Engine(default_root_dir=work, logger=False, accelerator="cpu", devices=1)
@@ -50,6 +67,7 @@ def score_budgets(fit: dict, rates: list[float]) -> Iterator[dict]:
             yield {
                 "category": fit["category"],
                 "checkpoint": fit["checkpoint"],
+                "validation": validation,
                 "pixel_false_alarm_rate": rate,
                 "pixel_threshold": round(float(post_processor.pixel_threshold), 4),
                 "image_threshold": round(float(post_processor.image_threshold), 4),
@@ -58,8 +76,18 @@ def score_budgets(fit: dict, rates: list[float]) -> Iterator[dict]:
 
 
 def summarise(rows_paths: list[Path]) -> None:
-    """Print Dice and the measured false-alarm rate per budget (means over priors), then the leave-one-out default."""
+    """Print, per validation source, Dice and the measured false-alarm rate per budget (means over priors)."""
     rows = [json.loads(line) for path in rows_paths for line in path.read_text().splitlines()]
+    by_source: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_source[row.get("validation", "train")].append(row)
+    for source, source_rows in by_source.items():
+        print(f"\n## Good validation crops: {source}")
+        summarise_source(source_rows)
+
+
+def summarise_source(rows: list[dict]) -> None:
+    """Print Dice and the measured false-alarm rate per budget (means over priors), then the leave-one-out default."""
     categories = list(dict.fromkeys(row["category"] for row in rows))
     cells: dict[float, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
@@ -88,6 +116,12 @@ def main() -> None:
     parser.add_argument("--fits", type=Path, help="rows of synthetic_validation.py; its 'good' fits are scored")
     parser.add_argument("--categories", nargs="+", help="only these categories (default: all good fits)")
     parser.add_argument("--rates", nargs="+", type=float, default=RATES)
+    parser.add_argument(
+        "--validation",
+        choices=["train", "unseen"],
+        default="train",
+        help="good validation crops: held-out training crops (from_train) or the real validation half's good crops",
+    )
     parser.add_argument("--out", type=Path, help="JSON lines file the rows are appended to")
     parser.add_argument("--summarise", type=Path, nargs="+", help="print rows files as tables instead of scoring")
     args = parser.parse_args()
@@ -103,7 +137,7 @@ def main() -> None:
         parser.error(f"{args.fits} holds no good-only fit of {args.categories or 'any category'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for fit in fits:
-        for row in score_budgets(fit, args.rates):
+        for row in score_budgets(fit, args.rates, args.validation):
             with args.out.open("a") as stream:
                 stream.write(json.dumps(row) + "\n")
 
