@@ -33,8 +33,9 @@ def _mask_panel(mask: torch.Tensor | None) -> Image.Image:
 def result_panels(batch: ImageBatch, index: int) -> Image.Image:
     """One row of labelled panels for image ``index`` of a scored batch.
 
-    The anomaly map is shown on the post-processor's common scale (no per-image normalisation), so
-    colours mean the same in every picture.
+    The ground-truth panel is shown only when the batch has masks. The anomaly map is shown on the
+    post-processor's common scale (no per-image normalisation), so colours mean the same in every
+    picture.
     """
     restored = getattr(batch, "restored", None)
     panels = [
@@ -42,8 +43,10 @@ def result_panels(batch: ImageBatch, index: int) -> Image.Image:
         ("restored G(z)", visualize_image(restored[index]) if restored is not None else Image.new("RGB", PANEL_SIZE)),
         ("anomaly map", visualize_anomaly_map(batch.anomaly_map[index].squeeze().clamp(0, 1), normalize=False)),
         ("predicted mask", _mask_panel(None if batch.pred_mask is None else batch.pred_mask[index])),
-        ("ground truth", _mask_panel(None if batch.gt_mask is None else batch.gt_mask[index])),
     ]
+    # Without a mask (``anomalib predict``), a black panel would read as "no defect here".
+    if batch.gt_mask is not None:
+        panels.append(("ground truth", _mask_panel(batch.gt_mask[index])))
     labelled = [add_text_to_image(panel.convert("RGB").resize(PANEL_SIZE), label) for label, panel in panels]
     return create_image_grid(labelled, nrow=len(labelled))
 
