@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from anomalib.data import AnomalibDataModule, get_datamodule
 from anomalib.models import AnomalibModule, EfficientAd, Padim, get_model
 from jsonargparse._typehints import resolve_class_path_by_name
@@ -157,21 +159,23 @@ def test_stock_anomalib_command_applies_its_seed(tiny_data_root, tmp_path):
     assert not torch.equal(first["model.generator.net.0.weight"], other["model.generator.net.0.weight"])
 
 
-def test_anomalib_benchmark_runs_rgi_and_reports_dice(tiny_data_root, tmp_path):
-    init_args = "\n".join(f"      {key}: {value}" for key, value in TINY_MODEL.items())
-    data_args = "\n".join(f"      {key}: {value}" for key, value in TINY_DATA.items())
+def test_shipped_benchmark_grid_runs_and_reports_dice(tiny_data_root, tmp_path):
+    """``configs/benchmark/rgi.yaml`` as shipped (its grid of settings), at tiny sizes and on one category."""
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs/benchmark/rgi.yaml").read_text())
+    benchmark = shipped["benchmark"]
+    benchmark["model"]["init_args"].update({**TINY_MODEL, "select_epoch_every": 1})  # one epoch: validate it
+    benchmark["data"]["init_args"].update({**TINY_DATA, "root": str(tiny_data_root), "category": {"grid": ["grass"]}})
     config = tmp_path / "benchmark.yaml"
-    config.write_text(
-        "accelerator:\n  - cpu\nbenchmark:\n  seed: 0\n  model:\n    class_path: Rgi\n    init_args:\n"
-        f"{init_args}\n  data:\n    class_path: RgiTextures\n    init_args:\n      root: {tiny_data_root}\n"
-        f"      category:\n        grid: [grass]\n{data_args}\n"
-    )
+    config.write_text(yaml.safe_dump(shipped))
     result = _cli("benchmark", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
-    csv = next(tmp_path.rglob("results.csv")).read_text().splitlines()
-    header = csv[0].split(",")
-    assert {"pixel_Dice", "pixel_AUROC", "pixel_PerImageBestDice"} <= set(header)
-    assert len(csv) == 2, "one job, one result row"
+    with next(tmp_path.rglob("results.csv")).open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert {"pixel_Dice", "pixel_AUROC", "pixel_PerImageBestDice"} <= set(rows[0])
+    settings = {
+        (float(row["model.init_args.finetune_steps"]), float(row["model.init_args.feature_weight"])) for row in rows
+    }
+    assert settings == {(0, 0), (0, 0.5), (50, 0), (50, 0.5)}, "one result row per setting of the grid"
 
 
 def test_shipped_configs_parse(tmp_path):
