@@ -11,8 +11,9 @@ well the budget set on validation images holds on unseen ones).
 
 ``--validation unseen`` validates instead on the good crops of the real validation half: crops of the
 photograph's test rows, which no training crop covers (``from_train`` crops overlap the training
-crops' pixels many times over). The two arms tell whether a budget overshoot on the test half comes
-from validating on pixels the prior was trained on.
+crops' pixels many times over, and come from other rows of the photograph). The two arms tell
+whether a budget overshoot on the test half comes from the validation crops rather than the rule
+(session 20: from the rows, the thresholds move in opposite directions on gravel and grass).
 
 A budget is the factory's choice, not ours to tune on the test half. ``--summarise`` also prints the
 default an engineer would have picked from the OTHER categories (the rate of the best mean Dice
