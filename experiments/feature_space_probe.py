@@ -1,0 +1,157 @@
+"""Where a density model of normal ImageNet features ranks on foreign material (issue #5, grass).
+
+Every RGI map so far compares the input with a PIXEL prior's image; on grass the prior restores
+normal texture as a blur, and the foreign patches are what it misses (lab notebook, sessions 6-15).
+Session 15's control (a location-free Gaussian of the input's own features, no prior) reached 0.83
+grass pixel AUROC at 128 px, PatchCore's memory bank 0.93 at 256 px. This probe asks, with no pixel
+prior at all, on the features ``Rgi``'s feature map already computes (EfficientNet-Lite0 strides 8
+and 16, the coarser level upsampled and concatenated, 3 x 3 averaged as PatchCore aggregates):
+
+- ``gaussian``: the location-free Gaussian (the session-15 control, on the concatenated embedding);
+- ``knn``: distance to the nearest training embedding (PatchCore without the coreset);
+- ``autoencoder``: the residual of a small convolutional autoencoder trained on normal embeddings
+  (a generative prior of FEATURES instead of pixels, scored at its encoder's latent);
+- ``rgi``: the RGI objective on that prior: ``min over z, M of ||(1 - M) (f - G(z))||^2 + lam |M|``
+  per position, from the encoder's latent, the mask in its closed form; the map is the residual.
+
+at the network input sizes ``--sizes`` (128: as ``Rgi``; 256: as our PatchCore runs). Maps are
+upsampled to the crops' 128 px and smoothed (sigma 4) before scoring; one JSON row per category,
+input size, map and half, as the other probes report them (``map_quality``).
+
+python experiments/feature_space_probe.py --categories grass gravel brick --out rows.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from feature_map import scoring_halves
+from torch import nn
+from torchvision.transforms.v2.functional import gaussian_blur
+
+from anomalib_rgi.data.textures import train_image_paths
+from anomalib_rgi.inpainting import load_images
+from anomalib_rgi.metrics import map_quality
+from anomalib_rgi.models.rgi.torch_model import FeatureDistance
+
+
+@torch.no_grad()
+def embed(network: FeatureDistance, images: torch.Tensor, size: int) -> torch.Tensor:
+    """PatchCore-style embedding ``(N, C, size / 8, size / 8)``: both levels, 3 x 3 averaged."""
+    levels = []
+    for start in range(0, len(images), 32):
+        batch = F.interpolate(images[start : start + 32], size=(size, size), mode="bilinear", antialias=True)
+        fine, coarse = network.features((batch - network.mean) / network.std)
+        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        levels.append(F.avg_pool2d(torch.cat([fine, coarse], dim=1), 3, stride=1, padding=1))
+    return torch.cat(levels)
+
+
+def gaussian_map(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+    """Mahalanobis distance under one Gaussian of all training positions (shrunk covariance)."""
+    flat = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1]).double()
+    mean = flat.mean(0)
+    covariance = torch.cov((flat - mean).T)
+    covariance += 0.01 * covariance.trace() / len(mean) * torch.eye(len(mean), dtype=torch.float64)
+    precision = torch.linalg.inv(covariance).float()
+    centred = test.permute(0, 2, 3, 1) - mean.float()
+    return torch.einsum("nhwc,cd,nhwd->nhw", centred, precision, centred).clamp_min(0).sqrt()
+
+
+def knn_map(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each test position to its nearest training position."""
+    bank = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1])
+    queries = test.permute(0, 2, 3, 1).reshape(-1, test.shape[1])
+    nearest = torch.cat([torch.cdist(chunk, bank).min(dim=1).values for chunk in queries.split(2048)])
+    return nearest.view(test.shape[0], *test.shape[2:])
+
+
+class FeaturePrior(nn.Module):
+    """A convolutional autoencoder of embeddings with a narrow spatial latent (the feature-space prior)."""
+
+    def __init__(self, channels: int, latent: int = 16, width: int = 128) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, latent, 3, padding=1)
+        )
+        self.generator = nn.Sequential(
+            nn.Conv2d(latent, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, channels, 3, padding=1)
+        )
+
+
+def train_prior(train: torch.Tensor, steps: int, seed: int) -> FeaturePrior:
+    """Fit the autoencoder on normal embeddings (standardised per channel by the caller)."""
+    torch.manual_seed(seed)
+    prior = FeaturePrior(train.shape[1])
+    optimiser = torch.optim.Adam(prior.parameters(), lr=1e-3)
+    for _ in range(steps):
+        batch = train[torch.randint(len(train), (32,))]
+        loss = (prior.generator(prior.encoder(batch)) - batch).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return prior.eval().requires_grad_(False)
+
+
+def rgi_map(prior: FeaturePrior, test: torch.Tensor, lam: float, steps: int) -> torch.Tensor:
+    """Residual energy after the RGI objective on features: z from the encoder, closed-form mask."""
+    latent = prior.encoder(test).clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([latent], lr=0.05)
+    for _ in range(steps):
+        energy = (test - prior.generator(latent)).pow(2).mean(dim=1)
+        keep = (lam / (2 * energy.detach().clamp_min(1e-12))).clamp(max=1.0)  # 1 - M, M in closed form
+        loss = (keep.pow(2) * energy).sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        return (test - prior.generator(latent)).pow(2).mean(dim=1)
+
+
+def main() -> None:
+    """Print (and append to ``--out``) one row per category, input size, map and half."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--categories", nargs="+", default=["grass", "gravel", "brick"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
+    parser.add_argument("--prior-steps", type=int, default=3000)
+    parser.add_argument("--rgi-steps", type=int, default=100)
+    parser.add_argument("--lam", type=float, default=1.0, help="in standardised feature units")
+    parser.add_argument("--data-root", default="datasets/rgi_textures")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    network = FeatureDistance().eval()
+    for category in args.categories:
+        good = load_images(train_image_paths(args.data_root, category), 128)
+        halves = scoring_halves(args.data_root, category, ["validation", "test"])
+        for size in args.sizes:
+            train = embed(network, good, size)
+            mean, std = train.mean(dim=(0, 2, 3), keepdim=True), train.std(dim=(0, 2, 3), keepdim=True) + 1e-6
+            prior = train_prior((train - mean) / std, args.prior_steps, seed=0)
+            for half, (images, masks, defects) in halves.items():
+                test = embed(network, images, size)
+                standard = (test - mean) / std
+                with torch.no_grad():
+                    encoded = (standard - prior.generator(prior.encoder(standard))).pow(2).mean(dim=1)
+                maps = {
+                    "gaussian": gaussian_map(train, test),
+                    "knn": knn_map(train, test),
+                    "autoencoder": encoded,
+                    "rgi": rgi_map(prior, standard, args.lam, args.rgi_steps),
+                }
+                for name, cells in maps.items():
+                    upsampled = F.interpolate(cells[:, None], size=masks.shape[-2:], mode="bilinear")
+                    scores = gaussian_blur(upsampled, kernel_size=33, sigma=4.0)[:, 0].numpy()
+                    row = {"category": category, "size": size, "map": name, "half": half}
+                    row |= map_quality(scores, masks, defects)
+                    print(json.dumps(row), flush=True)
+                    if args.out:
+                        with args.out.open("a") as file:
+                            file.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
