@@ -1,0 +1,94 @@
+"""RGI's mask map plus a feature-space prior's residual: does it lift R-RGI on grass (issue #5)?
+
+``feature_space_probe.py`` found that a small autoencoder of normal EfficientNet-Lite0 embeddings,
+read at a 256 px network input, scores grass's foreign material as well as a PatchCore-like memory
+bank, with no pixel prior at all. This probe adds that residual to a trained prior's mask map in
+place of the shipped feature part (``1 - cos`` between the input's features and G(E(x))'s at 128 px),
+calibrated as ``Rgi`` calibrates its map, at each weight (0: the mask alone; ``inf``: the feature part
+alone). Variants of the feature part:
+
+- ``cosine``: the shipped map;
+- ``cosine-256``: the shipped map with both images upsampled to 256 px before the network;
+- ``prior-256``: the feature autoencoder's residual of the input at 256 px (trained on every good
+  training crop; the restoration is not used).
+
+python experiments/feature_prior_map.py --category grass --method rrgi --checkpoints <model.ckpt>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from feature_map import feature_variant_rows, invert_halves, prior_with_feature_map, scoring_halves
+from feature_space_probe import embed, train_prior
+from prior_ensemble import METHODS
+
+from anomalib_rgi.data.textures import train_image_paths
+from anomalib_rgi.inpainting import load_images
+from anomalib_rgi.models.rgi.torch_model import FeatureDistance
+
+
+class FeaturePriorDistance(FeatureDistance):
+    """The shipped distance, or it at 256 px, or a feature autoencoder's residual of the input."""
+
+    variant = "cosine"
+
+    def use(self, variant: str, good: torch.Tensor, prior_steps: int) -> None:
+        """Score with ``variant`` from now on; ``prior-256`` first trains the autoencoder on ``good``."""
+        self.variant = variant
+        if variant == "prior-256" and not hasattr(self, "prior"):
+            train = embed(self, good, 256)
+            self.centre = train.mean(dim=(0, 2, 3), keepdim=True)
+            self.spread = train.std(dim=(0, 2, 3), keepdim=True) + 1e-6
+            self.prior = train_prior((train - self.centre) / self.spread, prior_steps, seed=0)
+
+    def forward(self, images: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)`` distance of the chosen variant."""
+        size = images.shape[-2:]
+        if self.variant == "cosine":
+            return super().forward(images, restored)
+        if self.variant == "cosine-256":
+            up = partial(F.interpolate, size=(256, 256), mode="bilinear", antialias=True)
+            return F.interpolate(super().forward(up(images), up(restored)), size=size, mode="bilinear", antialias=True)
+        standard = (embed(self, images, 256) - self.centre) / self.spread
+        with torch.no_grad():
+            residual = (standard - self.prior.generator(self.prior.encoder(standard))).pow(2).mean(dim=1, keepdim=True)
+        return F.interpolate(residual, size=size, mode="bilinear")
+
+
+def main() -> None:
+    """Score each prior once per half; the map for every variant and weight; print JSON rows."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--checkpoints", nargs="+", type=Path, required=True)
+    parser.add_argument("--method", default="rrgi", choices=sorted(METHODS))
+    parser.add_argument("--variants", nargs="+", default=["cosine", "cosine-256", "prior-256"])
+    parser.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0, 2.0, 4.0])
+    parser.add_argument("--prior-steps", type=int, default=3000)
+    parser.add_argument("--data-root", default="datasets/rgi_textures")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    halves = scoring_halves(args.data_root, args.category, ["validation", "test"])
+    for checkpoint in args.checkpoints:
+        model, train = prior_with_feature_map(checkpoint, args.data_root, args.category, "cpu")
+        rgi = model.model
+        distance = rgi.feature_distance
+        distance.__class__ = FeaturePriorDistance
+        good = load_images(train_image_paths(args.data_root, args.category), rgi.image_size)
+        inverted = invert_halves(rgi, halves, METHODS[args.method])
+        variants = [({"variant": v}, partial(distance.use, v, good, args.prior_steps)) for v in args.variants]
+        row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}
+        for quality in feature_variant_rows(rgi, train, inverted, variants, [0.0, *args.weights, float("inf")], row):
+            print(json.dumps(quality), flush=True)
+            if args.out:
+                with args.out.open("a") as file:
+                    file.write(json.dumps(quality) + "\n")
+
+
+if __name__ == "__main__":
+    main()
