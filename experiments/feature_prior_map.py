@@ -18,14 +18,13 @@ python experiments/feature_prior_map.py --category grass --method rrgi --checkpo
 from __future__ import annotations
 
 import argparse
-import json
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from feature_map import feature_variant_rows, invert_halves, prior_with_feature_map, scoring_halves
-from feature_space_probe import embed, train_prior
+from feature_space_probe import embed, emit, train_prior
 from prior_ensemble import METHODS
 
 from anomalib_rgi.data.textures import train_image_paths
@@ -84,10 +83,7 @@ def main() -> None:
         variants = [({"variant": v}, partial(distance.use, v, good, args.prior_steps)) for v in args.variants]
         row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}
         for quality in feature_variant_rows(rgi, train, inverted, variants, [0.0, *args.weights, float("inf")], row):
-            print(json.dumps(quality), flush=True)
-            if args.out:
-                with args.out.open("a") as file:
-                    file.write(json.dumps(quality) + "\n")
+            emit(quality, args.out)
 
 
 if __name__ == "__main__":

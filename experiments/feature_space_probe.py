@@ -112,6 +112,14 @@ def rgi_map(prior: FeaturePrior, test: torch.Tensor, lam: float, steps: int) -> 
         return (test - prior.generator(latent)).pow(2).mean(dim=1)
 
 
+def emit(row: dict, out: Path | None) -> None:
+    """Print a JSON row, and append it to ``out`` so that a stopped run keeps what it measured."""
+    print(json.dumps(row), flush=True)
+    if out:
+        with out.open("a") as file:
+            file.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     """Print (and append to ``--out``) one row per category, input size, map and half."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,10 +155,7 @@ def main() -> None:
                     scores = gaussian_blur(upsampled, kernel_size=33, sigma=4.0)[:, 0].numpy()
                     row = {"category": category, "size": size, "map": name, "half": half}
                     row |= map_quality(scores, masks, defects)
-                    print(json.dumps(row), flush=True)
-                    if args.out:
-                        with args.out.open("a") as file:
-                            file.write(json.dumps(row) + "\n")
+                    emit(row, args.out)
 
 
 if __name__ == "__main__":
