@@ -55,9 +55,7 @@ class FeaturePriorDistance(FeatureDistance):
             up = partial(F.interpolate, size=(256, 256), mode="bilinear", antialias=True)
             return F.interpolate(super().forward(up(images), up(restored)), size=size, mode="bilinear", antialias=True)
         standard = (embed(self, images, 256) - self.centre) / self.spread
-        with torch.no_grad():
-            residual = (standard - self.prior.generator(self.prior.encoder(standard))).pow(2).mean(dim=1, keepdim=True)
-        return F.interpolate(residual, size=size, mode="bilinear")
+        return F.interpolate(self.prior.residual(standard)[:, None], size=size, mode="bilinear")
 
 
 def main() -> None:

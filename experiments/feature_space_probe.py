@@ -82,6 +82,11 @@ class FeaturePrior(nn.Module):
             nn.Conv2d(latent, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, channels, 3, padding=1)
         )
 
+    @torch.no_grad()
+    def residual(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Per-position squared error of the reconstruction from the encoder's latent, ``(N, h, w)``."""
+        return (embeddings - self.generator(self.encoder(embeddings))).pow(2).mean(dim=1)
+
 
 def train_prior(train: torch.Tensor, steps: int, seed: int) -> FeaturePrior:
     """Fit the autoencoder on normal embeddings (standardised per channel by the caller)."""
@@ -142,12 +147,10 @@ def main() -> None:
             for half, (images, masks, defects) in halves.items():
                 test = embed(network, images, size)
                 standard = (test - mean) / std
-                with torch.no_grad():
-                    encoded = (standard - prior.generator(prior.encoder(standard))).pow(2).mean(dim=1)
                 maps = {
                     "gaussian": gaussian_map(train, test),
                     "knn": knn_map(train, test),
-                    "autoencoder": encoded,
+                    "autoencoder": prior.residual(standard),
                     "rgi": rgi_map(prior, standard, args.lam, args.rgi_steps),
                 }
                 for name, cells in maps.items():
