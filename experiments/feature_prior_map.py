@@ -41,10 +41,7 @@ class FeaturePriorDistance(FeatureDistance):
         """Score with ``variant`` from now on; ``prior-256`` first trains the autoencoder on ``good``."""
         self.variant = variant
         if variant == "prior-256" and not hasattr(self, "prior"):
-            train = embed(self, good, 256)
-            self.centre = train.mean(dim=(0, 2, 3), keepdim=True)
-            self.spread = train.std(dim=(0, 2, 3), keepdim=True) + 1e-6
-            self.prior = train_prior((train - self.centre) / self.spread, prior_steps, seed=0)
+            self.prior = train_prior(embed(self, good, 256), prior_steps, seed=0)
 
     def forward(self, images: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         """``(N, 1, H, W)`` distance of the chosen variant."""
@@ -54,7 +51,7 @@ class FeaturePriorDistance(FeatureDistance):
         if self.variant == "cosine-256":
             up = partial(F.interpolate, size=(256, 256), mode="bilinear", antialias=True)
             return F.interpolate(super().forward(up(images), up(restored)), size=size, mode="bilinear", antialias=True)
-        standard = (embed(self, images, 256) - self.centre) / self.spread
+        standard = self.prior.standardise(embed(self, images, 256))
         return F.interpolate(self.prior.residual(standard)[:, None], size=size, mode="bilinear")
 
 

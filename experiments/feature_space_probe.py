@@ -51,14 +51,19 @@ def embed(network: FeatureDistance, images: torch.Tensor, size: int) -> torch.Te
     return torch.cat(levels)
 
 
-def gaussian_map(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    """Mahalanobis distance under one Gaussian of all training positions (shrunk covariance)."""
-    flat = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1]).double()
+def fit_gaussian(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and inverse covariance of ``(N, C, h, w)`` vectors, the covariance shrunk towards a multiple of 1."""
+    flat = vectors.permute(0, 2, 3, 1).reshape(-1, vectors.shape[1]).double()
     mean = flat.mean(0)
     covariance = torch.cov((flat - mean).T)
     covariance += 0.01 * covariance.trace() / len(mean) * torch.eye(len(mean), dtype=torch.float64)
-    precision = torch.linalg.inv(covariance).float()
-    centred = test.permute(0, 2, 3, 1) - mean.float()
+    return mean.float(), torch.linalg.inv(covariance).float()
+
+
+def gaussian_map(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+    """Mahalanobis distance under one Gaussian of all training positions (shrunk covariance)."""
+    mean, precision = fit_gaussian(train)
+    centred = test.permute(0, 2, 3, 1) - mean
     return torch.einsum("nhwc,cd,nhwd->nhw", centred, precision, centred).clamp_min(0).sqrt()
 
 
@@ -75,6 +80,8 @@ class FeaturePrior(nn.Module):
 
     def __init__(self, channels: int, latent: int = 16, width: int = 128) -> None:
         super().__init__()
+        self.register_buffer("centre", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("spread", torch.ones(1, channels, 1, 1))
         self.encoder = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, latent, 3, padding=1)
         )
@@ -82,16 +89,23 @@ class FeaturePrior(nn.Module):
             nn.Conv2d(latent, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, channels, 3, padding=1)
         )
 
+    def standardise(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Embeddings in the per-channel units of the training embeddings the prior was fitted on."""
+        return (embeddings - self.centre) / self.spread
+
     @torch.no_grad()
     def residual(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Per-position squared error of the reconstruction from the encoder's latent, ``(N, h, w)``."""
         return (embeddings - self.generator(self.encoder(embeddings))).pow(2).mean(dim=1)
 
 
-def train_prior(train: torch.Tensor, steps: int, seed: int) -> FeaturePrior:
-    """Fit the autoencoder on normal embeddings (standardised per channel by the caller)."""
+def train_prior(embeddings: torch.Tensor, steps: int, seed: int) -> FeaturePrior:
+    """Fit the autoencoder on normal embeddings, standardised per channel (the prior keeps the units)."""
     torch.manual_seed(seed)
-    prior = FeaturePrior(train.shape[1])
+    prior = FeaturePrior(embeddings.shape[1])
+    prior.centre.copy_(embeddings.mean(dim=(0, 2, 3), keepdim=True))
+    prior.spread.copy_(embeddings.std(dim=(0, 2, 3), keepdim=True) + 1e-6)
+    train = prior.standardise(embeddings)
     optimiser = torch.optim.Adam(prior.parameters(), lr=1e-3)
     for _ in range(steps):
         batch = train[torch.randint(len(train), (32,))]
@@ -142,11 +156,10 @@ def main() -> None:
         halves = scoring_halves(args.data_root, category, ["validation", "test"])
         for size in args.sizes:
             train = embed(network, good, size)
-            mean, std = train.mean(dim=(0, 2, 3), keepdim=True), train.std(dim=(0, 2, 3), keepdim=True) + 1e-6
-            prior = train_prior((train - mean) / std, args.prior_steps, seed=0)
+            prior = train_prior(train, args.prior_steps, seed=0)
             for half, (images, masks, defects) in halves.items():
                 test = embed(network, images, size)
-                standard = (test - mean) / std
+                standard = prior.standardise(test)
                 maps = {
                     "gaussian": gaussian_map(train, test),
                     "knn": knn_map(train, test),

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 from feature_map import feature_variant_rows, invert_halves, prior_with_feature_map, scoring_halves
+from feature_space_probe import fit_gaussian
 from prior_ensemble import METHODS
 
 from anomalib_rgi.data.textures import train_image_paths
@@ -56,13 +57,7 @@ class WhitenedFeatureDistance(FeatureDistance):
     @torch.no_grad()
     def fit(self, images: torch.Tensor, restored: torch.Tensor) -> None:
         """Fit each level's mean and inverse covariance, shrunk towards a multiple of the identity."""
-        self.gaussians[self.reference] = []
-        for vectors in self._vectors(images, restored):
-            flat = vectors.permute(0, 2, 3, 1).reshape(-1, vectors.shape[1]).double()
-            mean = flat.mean(0)
-            covariance = torch.cov((flat - mean).T)
-            covariance += 0.01 * covariance.trace() / len(mean) * torch.eye(len(mean), dtype=torch.float64)
-            self.gaussians[self.reference].append((mean.float(), torch.linalg.inv(covariance).float()))
+        self.gaussians[self.reference] = [fit_gaussian(vectors) for vectors in self._vectors(images, restored)]
 
     def forward(self, images: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         """Mean over the levels of the Mahalanobis distance per ``sqrt(C)``, upsampled to ``(N, 1, H, W)``."""
