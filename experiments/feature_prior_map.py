@@ -8,9 +8,10 @@ calibrated as ``Rgi`` calibrates its map, at each weight (0: the mask alone; ``i
 alone). Variants of the feature part:
 
 - ``cosine``: the shipped map;
-- ``cosine-256``: the shipped map with both images upsampled to 256 px before the network;
-- ``prior-256``: the feature autoencoder's residual of the input at 256 px (trained on every good
-  training crop; the restoration is not used).
+- ``prior``: ``Rgi``'s ``feature_reference="prior"``: the feature prior's residual of the input at
+  256 px (fitted on every good training crop; the restoration is not used).
+  (Session 21's ``prior-256`` was this probe's own autoencoder, 3000 steps of 32 grids; its
+  ``cosine-256``, the shipped map at 256 px, did not help and is gone.)
 
 python experiments/feature_prior_map.py --category grass --method rrgi --checkpoints <model.ckpt>
 """
@@ -22,37 +23,23 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from feature_map import feature_variant_rows, invert_halves, prior_with_feature_map, scoring_halves
-from feature_space_probe import embed, emit, train_prior
+from feature_space_probe import emit
 from prior_ensemble import METHODS
 
 from anomalib_rgi.data.textures import train_image_paths
 from anomalib_rgi.inpainting import load_images
-from anomalib_rgi.models.rgi.torch_model import FeatureDistance
+from anomalib_rgi.models.rgi.torch_model import FeaturePrior
 
 
-class FeaturePriorDistance(FeatureDistance):
-    """The shipped distance, or it at 256 px, or a feature autoencoder's residual of the input."""
-
-    variant = "cosine"
-
-    def use(self, variant: str, good: torch.Tensor, prior_steps: int) -> None:
-        """Score with ``variant`` from now on; ``prior-256`` first trains the autoencoder on ``good``."""
-        self.variant = variant
-        if variant == "prior-256" and not hasattr(self, "prior"):
-            self.prior = train_prior(embed(self, good, 256), prior_steps, seed=0)
-
-    def forward(self, images: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
-        """``(N, 1, H, W)`` distance of the chosen variant."""
-        size = images.shape[-2:]
-        if self.variant == "cosine":
-            return super().forward(images, restored)
-        if self.variant == "cosine-256":
-            up = partial(F.interpolate, size=(256, 256), mode="bilinear", antialias=True)
-            return F.interpolate(super().forward(up(images), up(restored)), size=size, mode="bilinear", antialias=True)
-        standard = self.prior.standardise(embed(self, images, 256))
-        return F.interpolate(self.prior.residual(standard)[:, None], size=size, mode="bilinear")
+def use_variant(rgi: torch.nn.Module, variant: str, good: torch.Tensor, prior_steps: int) -> None:
+    """Score ``rgi`` with ``variant`` from now on; ``prior`` first fits the feature prior on ``good``."""
+    if variant == "cosine":
+        rgi.feature_prior = None
+        return
+    channels = sum(rgi.feature_distance.features.feature_info.channels())
+    rgi.feature_prior = FeaturePrior(channels)
+    rgi.fit_feature_prior(good, prior_steps)
 
 
 def main() -> None:
@@ -61,9 +48,9 @@ def main() -> None:
     parser.add_argument("--category", required=True)
     parser.add_argument("--checkpoints", nargs="+", type=Path, required=True)
     parser.add_argument("--method", default="rrgi", choices=sorted(METHODS))
-    parser.add_argument("--variants", nargs="+", default=["cosine", "cosine-256", "prior-256"])
+    parser.add_argument("--variants", nargs="+", default=["cosine", "prior"], choices=["cosine", "prior"])
     parser.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0, 2.0, 4.0])
-    parser.add_argument("--prior-steps", type=int, default=3000)
+    parser.add_argument("--prior-steps", type=int, default=2000)
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -71,11 +58,9 @@ def main() -> None:
     for checkpoint in args.checkpoints:
         model, train = prior_with_feature_map(checkpoint, args.data_root, args.category, "cpu")
         rgi = model.model
-        distance = rgi.feature_distance
-        distance.__class__ = FeaturePriorDistance
         good = load_images(train_image_paths(args.data_root, args.category), rgi.image_size)
         inverted = invert_halves(rgi, halves, METHODS[args.method])
-        variants = [({"variant": v}, partial(distance.use, v, good, args.prior_steps)) for v in args.variants]
+        variants = [({"variant": v}, partial(use_variant, rgi, v, good, args.prior_steps)) for v in args.variants]
         row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}
         for quality in feature_variant_rows(rgi, train, inverted, variants, [0.0, *args.weights, float("inf")], row):
             emit(quality, args.out)

@@ -30,25 +30,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 from feature_map import scoring_halves
-from torch import nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from anomalib_rgi.data.textures import train_image_paths
 from anomalib_rgi.inpainting import load_images
 from anomalib_rgi.metrics import map_quality
-from anomalib_rgi.models.rgi.torch_model import FeatureDistance
+from anomalib_rgi.models.rgi.torch_model import FeatureDistance, FeaturePrior
 
 
 @torch.no_grad()
 def embed(network: FeatureDistance, images: torch.Tensor, size: int) -> torch.Tensor:
-    """PatchCore-style embedding ``(N, C, size / 8, size / 8)``: both levels, 3 x 3 averaged."""
-    levels = []
-    for start in range(0, len(images), 32):
-        batch = F.interpolate(images[start : start + 32], size=(size, size), mode="bilinear", antialias=True)
-        fine, coarse = network.features((batch - network.mean) / network.std)
-        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        levels.append(F.avg_pool2d(torch.cat([fine, coarse], dim=1), 3, stride=1, padding=1))
-    return torch.cat(levels)
+    """``network.embed`` in batches of 32: ``(N, C, size / 8, size / 8)``."""
+    return torch.cat([network.embed(batch, size) for batch in images.split(32)])
 
 
 def fit_gaussian(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,45 +68,11 @@ def knn_map(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
     return nearest.view(test.shape[0], *test.shape[2:])
 
 
-class FeaturePrior(nn.Module):
-    """A convolutional autoencoder of embeddings with a narrow spatial latent (the feature-space prior)."""
-
-    def __init__(self, channels: int, latent: int = 16, width: int = 128) -> None:
-        super().__init__()
-        self.register_buffer("centre", torch.zeros(1, channels, 1, 1))
-        self.register_buffer("spread", torch.ones(1, channels, 1, 1))
-        self.encoder = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, latent, 3, padding=1)
-        )
-        self.generator = nn.Sequential(
-            nn.Conv2d(latent, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, channels, 3, padding=1)
-        )
-
-    def standardise(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Embeddings in the per-channel units of the training embeddings the prior was fitted on."""
-        return (embeddings - self.centre) / self.spread
-
-    @torch.no_grad()
-    def residual(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Per-position squared error of the reconstruction from the encoder's latent, ``(N, h, w)``."""
-        return (embeddings - self.generator(self.encoder(embeddings))).pow(2).mean(dim=1)
-
-
-def train_prior(embeddings: torch.Tensor, steps: int, seed: int) -> FeaturePrior:
-    """Fit the autoencoder on normal embeddings, standardised per channel (the prior keeps the units)."""
-    torch.manual_seed(seed)
+def train_prior(embeddings: torch.Tensor, steps: int) -> FeaturePrior:
+    """``Rgi``'s feature prior (``feature_reference="prior"``), fitted on normal embeddings."""
     prior = FeaturePrior(embeddings.shape[1])
-    prior.centre.copy_(embeddings.mean(dim=(0, 2, 3), keepdim=True))
-    prior.spread.copy_(embeddings.std(dim=(0, 2, 3), keepdim=True) + 1e-6)
-    train = prior.standardise(embeddings)
-    optimiser = torch.optim.Adam(prior.parameters(), lr=1e-3)
-    for _ in range(steps):
-        batch = train[torch.randint(len(train), (32,))]
-        loss = (prior.generator(prior.encoder(batch)) - batch).pow(2).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return prior.eval().requires_grad_(False)
+    prior.fit(embeddings, steps)
+    return prior.eval()
 
 
 def rgi_map(prior: FeaturePrior, test: torch.Tensor, lam: float, steps: int) -> torch.Tensor:
@@ -144,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--categories", nargs="+", default=["grass", "gravel", "brick"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
-    parser.add_argument("--prior-steps", type=int, default=3000)
+    parser.add_argument("--prior-steps", type=int, default=1000)
     parser.add_argument("--rgi-steps", type=int, default=100)
     parser.add_argument("--lam", type=float, default=1.0, help="in standardised feature units")
     parser.add_argument("--data-root", default="datasets/rgi_textures")
@@ -156,14 +115,14 @@ def main() -> None:
         halves = scoring_halves(args.data_root, category, ["validation", "test"])
         for size in args.sizes:
             train = embed(network, good, size)
-            prior = train_prior(train, args.prior_steps, seed=0)
+            prior = train_prior(train, args.prior_steps)
             for half, (images, masks, defects) in halves.items():
                 test = embed(network, images, size)
                 standard = prior.standardise(test)
                 maps = {
                     "gaussian": gaussian_map(train, test),
                     "knn": knn_map(train, test),
-                    "autoencoder": prior.residual(standard),
+                    "autoencoder": prior.residual(test)[:, 0],
                     "rgi": rgi_map(prior, standard, args.lam, args.rgi_steps),
                 }
                 for name, cells in maps.items():

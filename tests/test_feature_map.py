@@ -13,7 +13,7 @@ from anomalib.engine import Engine
 from anomalib_rgi import Rgi
 from anomalib_rgi.data import RgiTextures
 from anomalib_rgi.data.textures import load_photograph
-from anomalib_rgi.models.rgi.torch_model import FeatureDistance
+from anomalib_rgi.models.rgi.torch_model import FeatureDistance, FeaturePrior
 
 from .conftest import TINY_DATA, TINY_MODEL, fit_tiny, maps_in_openvino_and_torch
 
@@ -142,4 +142,92 @@ def test_bad_feature_settings_are_refused(settings, message):
 def test_the_feature_map_exports_and_matches_torch(fitted_with_features, tmp_path, inversion):
     _, model, _ = fitted_with_features
     exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path, **inversion)
+    np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)
+
+
+# The feature prior (feature_reference="prior"): an autoencoder of normal embeddings replaces the restoration.
+
+
+def test_the_feature_prior_marks_foreign_material_and_leaves_the_random_stream_alone():
+    distance = FeatureDistance()
+    grass = torch.cat([_crop("grass", 128)[..., i : i + 64, j : j + 64] for i in (0, 64) for j in (0, 64)])
+    prior = FeaturePrior(sum(distance.features.feature_info.channels()))
+    torch.manual_seed(0)
+    prior.fit(distance.embed(grass, 128), steps=200)
+    next_draw = torch.rand(4)
+    torch.manual_seed(0)
+    torch.testing.assert_close(torch.rand(4), next_draw)  # fitting drew nothing from the global stream
+    assert prior.fitted
+    assert not any(weight.requires_grad for weight in prior.parameters())
+    patched = grass[:1].clone()
+    patched[..., 16:48, 16:48] = _crop("brick")[..., 16:48, 16:48]
+    residual = prior.residual(distance.embed(patched, 128))[0, 0]  # 16 x 16 positions
+    inside, normal = (
+        residual[6:10, 6:10].mean(),
+        prior.residual(distance.embed(grass[:1], 128))[0, 0, 6:10, 6:10].mean(),
+    )
+    assert inside > 3 * normal
+    again = FeaturePrior(prior.centre.shape[1])
+    again.fit(distance.embed(grass, 128), steps=200)
+    for name, value in prior.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], value)
+
+
+@pytest.fixture(scope="module")
+def fitted_with_feature_prior(tiny_data_root, tmp_path_factory):
+    return fit_tiny(
+        tiny_data_root,
+        tmp_path_factory.mktemp("feature-prior"),
+        feature_weight=0.5,
+        feature_reference="prior",
+        feature_prior_steps=20,
+    )
+
+
+def test_fit_fits_the_feature_prior_keeps_it_and_leaves_the_gan_as_it_was(
+    fitted_with_feature_prior, fitted_with_features
+):
+    engine, model, _ = fitted_with_feature_prior
+    rgi = model.model
+    assert rgi.feature_prior.fitted
+    assert np.isfinite(float(rgi.feature_scale))
+    restoration_gan = fitted_with_features[1].model.generator.state_dict()
+    for name, value in rgi.generator.state_dict().items():  # same seed: the same GAN prior
+        torch.testing.assert_close(value, restoration_gan[name])
+    loaded = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path, weights_only=True).eval()
+    assert loaded.model.feature_prior.fitted
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model.eval()(images).anomaly_map, loaded(images).anomaly_map)
+    restoration_map = Rgi.load_from_checkpoint(
+        engine.trainer.checkpoint_callback.best_model_path, feature_reference="restoration"
+    )
+    assert restoration_map.model.feature_prior is None  # read with the restoration instead: its weights dropped
+
+
+def test_an_unfitted_feature_prior_is_refused_and_a_test_fits_it(fitted_with_features, tmp_path):
+    engine, _, datamodule = fitted_with_features
+    checkpoint = engine.trainer.checkpoint_callback.best_model_path  # trained with the restoration reference
+    with_prior = Rgi.load_from_checkpoint(checkpoint, feature_reference="prior").eval()
+    restoration_scale = float(with_prior.model.feature_scale)
+    with pytest.raises(RuntimeError, match="fit_feature_prior"):
+        with_prior(torch.rand(2, 3, 32, 32))
+    test_engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
+    metrics = test_engine.test(model=with_prior, datamodule=datamodule)[0]
+    assert with_prior.model.feature_prior.fitted
+    assert float(with_prior.model.feature_scale) != pytest.approx(restoration_scale)  # calibrated for the new map
+    assert 0 <= metrics["pixel_AUROC"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"feature_reference": "memory_bank"}, "feature_reference"), ({"feature_prior_steps": 0}, "feature_prior_steps")],
+)
+def test_bad_feature_prior_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Rgi(**TINY_MODEL, feature_weight=0.5, **settings)
+
+
+def test_the_feature_prior_exports_and_matches_torch(fitted_with_feature_prior, tmp_path):
+    _, model, _ = fitted_with_feature_prior
+    exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path, steps=0, mask_solver="closed_form")
     np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)

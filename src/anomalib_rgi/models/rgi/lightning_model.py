@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 
 ARCHITECTURE_KEYS = ("image_size", "latent_stride", "latent_channels", "base_channels")
-FEATURE_MAP_STATE = ("model.feature_distance.", "model.feature_scale")
+FEATURE_MAP_STATE = ("model.feature_distance.", "model.feature_prior.", "model.feature_scale")
+FEATURE_PRIOR_IMAGES = 512  # training images the feature prior is fitted on, at most (memory: 0.6 MB each)
 
 
 class PriorDivergedError(RuntimeError):
@@ -152,6 +153,13 @@ class Rgi(AnomalibModule):
             units (their ratio is calibrated on training crops after every training epoch). It sees
             foreign material that the prior restores as a blur, which the mask misses on stochastic
             textures (docs/experiments.md, sessions 13 and 14).
+        feature_reference (str): What the feature part compares the input's features with.
+            ``"restoration"``: the prior's image at the starting latent, as above. ``"prior"``: a
+            generative prior of normal FEATURES (an autoencoder of EfficientNet-Lite0 embeddings read at
+            twice ``image_size``, 0.3 M weights, fitted on the training images when the fit starts,
+            saved in the checkpoint and exported with the inversion); it sees foreign material on
+            stochastic textures that no restoration shows (docs/experiments.md, sessions 21 and 22).
+        feature_prior_steps (int): Adam steps (8 embeddings each) that fit the feature prior.
         min_sample_diversity (float): Training stops with :class:`ModeCollapseError`, before that
             epoch's checkpoint is written, when the epoch mean of :func:`sample_diversity` stays below
             this (0 switches the check off). Trained priors measure 0.9 to 1.1, fresh ones 1.2 to
@@ -202,6 +210,8 @@ class Rgi(AnomalibModule):
         finetune_lr: float = 1e-5,
         map_sigma: float = 4.0,
         feature_weight: float = 0.0,
+        feature_reference: str = "restoration",
+        feature_prior_steps: int = 2000,
         min_sample_diversity: float = 0.2,  # noqa: ARG002  (read through self.hparams)
         collapse_patience: int = 20,
         select_epoch_every: int = 0,
@@ -221,6 +231,9 @@ class Rgi(AnomalibModule):
         )
         if max_epochs < 1:
             msg = f"max_epochs must be at least 1, got {max_epochs}."
+            raise ValueError(msg)
+        if feature_prior_steps < 1:
+            msg = f"feature_prior_steps must be at least 1, got {feature_prior_steps}."
             raise ValueError(msg)
         if collapse_patience < 1:
             msg = f"collapse_patience must be at least 1 epoch, got {collapse_patience}."
@@ -249,6 +262,7 @@ class Rgi(AnomalibModule):
             finetune_lr=finetune_lr,
             map_sigma=map_sigma,
             feature_weight=feature_weight,
+            feature_reference=feature_reference,
             input_size=input_size,
         )
         self.generator_loss = GeneratorLoss(adversarial_weight, reconstruction_weight)
@@ -356,7 +370,11 @@ class Rgi(AnomalibModule):
             state.setdefault(name, value)
 
     def on_train_start(self) -> None:
-        """Give each DDP process its own random stream (seed_everything gives all the same seed)."""
+        """Fit the feature prior (unless resumed with it); give each DDP process its own random stream.
+
+        Every process fits the same feature prior: its draws come from a generator of its own.
+        """
+        self._fit_feature_prior()
         if self.trainer.world_size > 1 and not self._resumed:
             torch.manual_seed(torch.initial_seed() + self.global_rank)
 
@@ -822,24 +840,50 @@ class Rgi(AnomalibModule):
         batch.restored = self.model.untile((result.restored + 1.0) / 2.0)
         return batch
 
-    def _calibrate_from_training_data(self) -> bool:
-        """Calibrate a feature map the prior was trained without, on the attached training images.
-
-        Lets ``anomalib validate/test/predict --model.feature_weight 0.5 --ckpt_path <plain prior>`` work;
-        without training images scoring stops and says how to calibrate.
-
-        Returns:
-            bool: Whether the map was calibrated now (the checkpoint's thresholds predate it).
-
-        """
-        if self.model.feature_distance is None or not torch.isnan(self.model.feature_scale):
-            return False
+    def _training_images(self, limit: int) -> torch.Tensor | None:
+        """Return the first ``limit`` images of the attached training set, resized as the model reads them."""
         train_data = getattr(getattr(self._trainer, "datamodule", None), "train_data", None)
         if not train_data:
-            return False
+            return None
         resize = self.pre_processor if isinstance(self.pre_processor, PreProcessor) else nn.Identity()
-        images = torch.cat([resize(train_data[index].image[None]) for index in range(min(32, len(train_data)))])
-        scale = self.model.calibrate_feature_scale(images.to(self.device))
+        return torch.cat([resize(train_data[index].image[None]) for index in range(min(limit, len(train_data)))]).to(
+            self.device
+        )
+
+    def _fit_feature_prior(self) -> bool:
+        """Fit the feature prior on the attached training images if it is not fitted yet.
+
+        Returns:
+            bool: Whether it was fitted now.
+
+        """
+        prior = self.model.feature_prior
+        if prior is None or prior.fitted or (images := self._training_images(FEATURE_PRIOR_IMAGES)) is None:
+            return False
+        self.model.fit_feature_prior(images, self.hparams.feature_prior_steps)
+        logger.info("Rgi: feature prior fitted on %d training images.", len(images))
+        return True
+
+    def _calibrate_from_training_data(self) -> bool:
+        """Prepare a feature map the prior was trained without, on the attached training images.
+
+        Fits the feature prior if it is not fitted, and calibrates the map's scale if it was never
+        calibrated or the feature prior is new. Lets ``anomalib validate/test/predict
+        --model.feature_weight 0.5 [--model.feature_reference prior] --ckpt_path <prior>`` work;
+        without training images scoring stops and says how to prepare the map.
+
+        Returns:
+            bool: Whether the map was prepared now (the checkpoint's thresholds predate it).
+
+        """
+        if self.model.feature_distance is None:
+            return False
+        fitted_now = self._fit_feature_prior()
+        if not (fitted_now or torch.isnan(self.model.feature_scale)):
+            return False
+        if (images := self._training_images(32)) is None:
+            return False
+        scale = self.model.calibrate_feature_scale(images)
         logger.info("Rgi: feature map calibrated on %d training images (feature_scale %.3f).", len(images), scale)
         return True
 

@@ -214,15 +214,107 @@ class FeatureDistance(nn.Module):
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
 
+    def levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Return the network's two feature levels (strides 8 and 16) of images in [0, 1], grey read as RGB."""
+        return self.features((images.expand(-1, 3, -1, -1) - self.mean) / self.std)
+
+    def embed(self, images: torch.Tensor, size: int) -> torch.Tensor:
+        """PatchCore's embedding at a ``size`` px network input: both levels at stride 8, 3 x 3 averaged.
+
+        Returns:
+            torch.Tensor: ``(N, C, size / 8, size / 8)``.
+
+        """
+        resized = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        fine, coarse = self.levels(resized)
+        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        return F.avg_pool2d(torch.cat([fine, coarse], dim=1), 3, stride=1, padding=1)
+
     def forward(self, images: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         """Mean over the two feature levels of ``1 - cos``, upsampled to ``(N, 1, H, W)``; inputs in [0, 1]."""
-        both = torch.cat([images, restored]).expand(-1, 3, -1, -1)  # one channel: grey as RGB
         distances = []
-        for level in self.features((both - self.mean) / self.std):
+        for level in self.levels(torch.cat([images, restored])):
             image_features, restored_features = level.chunk(2)
             distance = 1 - F.cosine_similarity(image_features, restored_features, dim=1).unsqueeze(1)
             distances.append(F.interpolate(distance, size=images.shape[-2:], mode="bilinear", align_corners=False))
         return torch.stack(distances).mean(dim=0)
+
+
+class FeaturePrior(nn.Module):
+    """A generative prior of normal FEATURES: an autoencoder of :meth:`FeatureDistance.embed` embeddings.
+
+    Its residual marks where the input's ImageNet features are not those of normal material. On grass a
+    pixel prior restores normal texture as a blur, so comparing the input with the prior's image cannot
+    tell foreign material from normal texture; this residual at a 256 px network input scored grass's
+    defects at 0.938 pixel AUROC with no pixel prior at all (anomalib's PatchCore: 0.929;
+    docs/experiments.md, 2026-11-28 session 21). About 0.3 M weights, fitted once per fit.
+
+    Args:
+        channels (int): Channels of the embeddings.
+        latent_channels (int): Channels of the autoencoder's bottleneck.
+        width (int): Channels of its hidden layers.
+
+    """
+
+    def __init__(self, channels: int, latent_channels: int = 16, width: int = 128) -> None:
+        super().__init__()
+        self.register_buffer("centre", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("spread", torch.ones(1, channels, 1, 1))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        with torch.random.fork_rng(devices=[]):  # :meth:`fit` initialises; the GAN's draws stay as they were
+            self.encoder = nn.Sequential(
+                nn.Conv2d(channels, width, 3, padding=1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(width, latent_channels, 3, padding=1),
+            )
+            self.generator = nn.Sequential(
+                nn.Conv2d(latent_channels, width, 3, padding=1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(width, channels, 3, padding=1),
+            )
+        self.requires_grad_(False)  # frozen but while :meth:`fit` runs: no optimiser of the GAN's sees it
+
+    def standardise(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Embeddings in per-channel standard units of the normal embeddings the prior was fitted on."""
+        return (embeddings - self.centre) / self.spread
+
+    def reconstruct(self, standard: torch.Tensor) -> torch.Tensor:
+        """Reconstruct standardised embeddings from the encoder's latent."""
+        return self.generator(self.encoder(standard))
+
+    def residual(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Squared reconstruction error per position, in per-channel standard units, ``(N, 1, h, w)``."""
+        standard = self.standardise(embeddings)
+        return (standard - self.reconstruct(standard)).square().mean(dim=1, keepdim=True)
+
+    def fit(self, embeddings: torch.Tensor, steps: int, batch_size: int = 8) -> None:
+        """Fit on normal embeddings ``(N, C, h, w)``: Adam on batches of whole grids.
+
+        Whole grids, not windows: windows rarely hold the grid's border, whose embeddings differ (zero
+        padding) and then score as anomalies (grass pixel AUROC 0.87 with 16 x 16 windows, 0.92 with
+        whole grids at the same cost; docs/experiments.md, session 22). The draws come from a private
+        generator, so fitting leaves the global random stream, and the GAN, unchanged.
+        """
+        seed = torch.Generator(device="cpu").manual_seed(0)
+        with torch.no_grad():
+            self.centre.copy_(embeddings.mean(dim=(0, 2, 3), keepdim=True))
+            self.spread.copy_(embeddings.std(dim=(0, 2, 3), keepdim=True) + 1e-6)
+            for layer in self.modules():
+                if isinstance(layer, nn.Conv2d):
+                    bound = 1 / math.sqrt(layer.weight[0].numel())
+                    layer.weight.copy_(torch.rand(layer.weight.shape, generator=seed) * 2 * bound - bound)
+                    layer.bias.zero_()
+        standard = self.standardise(embeddings)
+        optimiser = torch.optim.Adam(self.requires_grad_(True).parameters(), lr=1e-3)
+        with torch.enable_grad():
+            for _ in range(steps):
+                batch = standard[torch.randint(len(standard), (batch_size,), generator=seed)]
+                loss = (self.reconstruct(batch) - batch).square().mean()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+        self.requires_grad_(False)
+        self.fitted.fill_(True)
 
 
 class RgiModel(nn.Module):
@@ -245,10 +337,12 @@ class RgiModel(nn.Module):
         finetune_steps (int): R-RGI steps with per-image generator weights (0 = RGI).
         finetune_lr (float): Learning rate of the generator weights in R-RGI.
         map_sigma (float): Gaussian smoothing of the anomaly map, in pixels (0 = none).
-        feature_weight (float): Weight of the :class:`FeatureDistance` between the input and the
-            prior's image at the starting latent (``InversionResult.start``), added to the mask map
-            (0 = the mask alone, the paper's map). Its scale is matched to the mask map's by
-            :meth:`calibrate_feature_scale`.
+        feature_weight (float): Weight of the feature part added to the mask map (0 = the mask alone,
+            the paper's map). Its scale is matched to the mask map's by :meth:`calibrate_feature_scale`.
+        feature_reference (str): What the input's ImageNet features are compared with:
+            ``"restoration"``, the :class:`FeatureDistance` to the prior's image at the starting latent
+            (``InversionResult.start``); ``"prior"``, a :class:`FeaturePrior` of normal features, read at
+            a network input twice the prior's ``image_size`` (fitted by :meth:`fit_feature_prior`).
         input_size (int | None): Side of the images this model scores (``None``: ``image_size``).
             A multiple of ``image_size``: each image is cut into ``image_size`` tiles side by side,
             every tile is inverted on its own and the maps and restorations are stitched back, so
@@ -275,6 +369,7 @@ class RgiModel(nn.Module):
         finetune_lr: float = 1e-5,
         map_sigma: float = 4.0,
         feature_weight: float = 0.0,
+        feature_reference: str = "restoration",
         input_size: int | None = None,
     ) -> None:
         super().__init__()
@@ -287,6 +382,9 @@ class RgiModel(nn.Module):
             raise ValueError(msg)
         if feature_weight > 0 and image_channels not in {1, 3}:
             msg = f"The feature map reads grey or RGB images, not {image_channels} channels (use feature_weight=0)."
+            raise ValueError(msg)
+        if feature_reference not in {"restoration", "prior"}:
+            msg = f"feature_reference must be 'restoration' or 'prior', got {feature_reference!r}."
             raise ValueError(msg)
         if latent_init not in {"encoder", "pool"}:
             msg = f"latent_init must be 'encoder' or 'pool', got {latent_init!r}."
@@ -312,6 +410,9 @@ class RgiModel(nn.Module):
         self.blur = GaussianBlur2d(sigma=map_sigma, channels=1) if map_sigma > 0 else None
         self.feature_weight = feature_weight
         self.feature_distance = FeatureDistance() if feature_weight > 0 else None
+        self.feature_prior = None
+        if self.feature_distance is not None and feature_reference == "prior":
+            self.feature_prior = FeaturePrior(sum(self.feature_distance.features.feature_info.channels()))
         # Mask-map units per unit of feature distance; NaN until calibrated, so an uncalibrated map cannot pass.
         self.register_buffer("feature_scale", torch.tensor(float("nan")), persistent=feature_weight > 0)
         # Saved with the weights: lets export and scoring refuse a prior that was never trained.
@@ -407,10 +508,35 @@ class RgiModel(nn.Module):
         return self._smooth(result.mask.abs().mean(dim=1, keepdim=True))
 
     def _feature_map(self, result: InversionResult) -> torch.Tensor:
+        images = (result.target + 1) / 2
+        if self.feature_prior is not None:
+            if not is_tracing() and not self.feature_prior.fitted:
+                msg = (
+                    "The feature prior was never fitted (this prior was trained without feature_reference='prior'). "
+                    "Fit with it, or call model.fit_feature_prior(good_images) before scoring."
+                )
+                raise RuntimeError(msg)
+            residual = self.feature_prior.residual(self.feature_distance.embed(images, 2 * self.image_size))
+            return self._smooth(F.interpolate(residual, size=images.shape[-2:], mode="bilinear", align_corners=False))
         # To the prior's image at the starting latent, not the final restoration: the steps, and
         # R-RGI's per-image fine-tuning above all, learn part of a defect (docs/experiments.md,
         # 2026-11-27 session 14).
-        return self._smooth(self.feature_distance((result.target + 1) / 2, (result.start.clamp(-1, 1) + 1) / 2))
+        return self._smooth(self.feature_distance(images, (result.start.clamp(-1, 1) + 1) / 2))
+
+    @torch.no_grad()
+    def fit_feature_prior(self, images: torch.Tensor, steps: int = 2000) -> None:
+        """Fit the :class:`FeaturePrior` on the embeddings of defect-free ``images`` (in [0, 1], any count).
+
+        Raises:
+            RuntimeError: If the model compares with the restoration (``feature_reference="restoration"``).
+
+        """
+        if self.feature_prior is None:
+            msg = "This model has no feature prior to fit (it needs feature_weight > 0 and feature_reference='prior')."
+            raise RuntimeError(msg)
+        tiles = self.tile(images)
+        embeddings = torch.cat([self.feature_distance.embed(batch, 2 * self.image_size) for batch in tiles.split(32)])
+        self.feature_prior.fit(embeddings, steps)
 
     def map_parts(self, result: InversionResult) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the two parts of the anomaly map, each ``(N, 1, H, W)``.
