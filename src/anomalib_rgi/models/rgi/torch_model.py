@@ -296,23 +296,26 @@ class FeaturePrior(nn.Module):
         generator, so fitting leaves the global random stream, and the GAN, unchanged.
         """
         seed = torch.Generator(device="cpu").manual_seed(0)
-        with torch.no_grad():
-            self.centre.copy_(embeddings.mean(dim=(0, 2, 3), keepdim=True))
-            self.spread.copy_(embeddings.std(dim=(0, 2, 3), keepdim=True) + 1e-6)
-            for layer in self.modules():
-                if isinstance(layer, nn.Conv2d):
-                    bound = 1 / math.sqrt(layer.weight[0].numel())
-                    layer.weight.copy_(torch.rand(layer.weight.shape, generator=seed) * 2 * bound - bound)
-                    layer.bias.zero_()
-        standard = self.standardise(embeddings)
-        optimiser = torch.optim.Adam(self.requires_grad_(True).parameters(), lr=1e-3)
-        with torch.enable_grad():
-            for _ in range(steps):
-                batch = standard[torch.randint(len(standard), (batch_size,), generator=seed)]
-                loss = (self.reconstruct(batch) - batch).square().mean()
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
+        # Lightning tests under inference mode, whose tensors take no gradients (as in ``invert``).
+        with torch.inference_mode(False):
+            embeddings = embeddings.clone()
+            with torch.no_grad():
+                self.centre.copy_(embeddings.mean(dim=(0, 2, 3), keepdim=True))
+                self.spread.copy_(embeddings.std(dim=(0, 2, 3), keepdim=True) + 1e-6)
+                for layer in self.modules():
+                    if isinstance(layer, nn.Conv2d):
+                        bound = 1 / math.sqrt(layer.weight[0].numel())
+                        layer.weight.copy_(torch.rand(layer.weight.shape, generator=seed) * 2 * bound - bound)
+                        layer.bias.zero_()
+            standard = self.standardise(embeddings)
+            optimiser = torch.optim.Adam(self.requires_grad_(True).parameters(), lr=1e-3)
+            with torch.enable_grad():
+                for _ in range(steps):
+                    batch = standard[torch.randint(len(standard), (batch_size,), generator=seed)]
+                    loss = (self.reconstruct(batch) - batch).square().mean()
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
         self.requires_grad_(False)
         self.fitted.fill_(True)
 
