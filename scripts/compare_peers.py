@@ -261,7 +261,8 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
     if job == "rgi" and args.variants:
         variants = {name: settings for name, settings in variants.items() if name in args.variants}
     feature_weight = model.model.feature_weight if job == "rgi" else 0
-    suffix = f" + feature map x{feature_weight:g}" if feature_weight else ""
+    reference = "feature prior" if job == "rgi" and model.model.feature_prior is not None else "feature map"
+    suffix = f" + {reference} x{feature_weight:g}" if feature_weight else ""
     rows = []
     own_settings = dict(model.model.inversion) if job == "rgi" else {}
     for variant, settings in variants.items():

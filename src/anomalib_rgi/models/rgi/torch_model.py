@@ -291,9 +291,8 @@ class FeaturePrior(nn.Module):
         """Fit on normal embeddings ``(N, C, h, w)``: Adam on batches of whole grids.
 
         Whole grids, not windows: windows rarely hold the grid's border, whose embeddings differ (zero
-        padding) and then score as anomalies (grass pixel AUROC 0.87 with 16 x 16 windows, 0.92 with
-        whole grids at the same cost; docs/experiments.md, session 22). The draws come from a private
-        generator, so fitting leaves the global random stream, and the GAN, unchanged.
+        padding), and at the same cost scored grass worse (docs/experiments.md, session 22). The draws
+        come from a private generator, so fitting leaves the global random stream, and the GAN, unchanged.
         """
         seed = torch.Generator(device="cpu").manual_seed(0)
         # Lightning tests under inference mode, whose tensors take no gradients (as in ``invert``).
