@@ -231,3 +231,50 @@ def test_the_feature_prior_exports_and_matches_torch(fitted_with_feature_prior, 
     _, model, _ = fitted_with_feature_prior
     exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path, steps=0, mask_solver="closed_form")
     np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)
+
+
+def test_validation_chooses_the_feature_weight_and_learns_its_thresholds(tiny_data_root, tmp_path):
+    candidates = [0.0, 0.5, 8.0]
+    engine, model, datamodule = fit_tiny(
+        tiny_data_root, tmp_path, max_epochs=2, select_epoch_every=1, feature_weight=0.5, feature_weights=candidates
+    )
+    chosen = model.model.feature_weight
+    assert chosen in candidates
+    assert model.hparams.feature_weight == chosen
+    kept = Rgi.kept_validation(engine.trainer.checkpoint_callback.best_model_path)
+    assert kept["feature_weight"] == chosen
+    # The kept Dice is the best candidate's on that epoch's validation, scored as anomalib scores it.
+    loaded = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path)
+    assert loaded.model.feature_weight == chosen
+    dice = {}
+    for weight in candidates:
+        loaded.model.feature_weight = weight
+        validated = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
+        dice[weight] = validated.validate(model=loaded, datamodule=datamodule)[0]["val_pixel_F1Max"]
+        if weight == chosen:
+            threshold = float(loaded.post_processor.pixel_threshold)
+    assert kept["val_pixel_F1Max"] == pytest.approx(max(dice.values()), abs=1e-4)
+    assert dice[chosen] == pytest.approx(max(dice.values()), abs=1e-4)
+    assert float(model.post_processor.pixel_threshold) == pytest.approx(threshold, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"feature_weight": 0.5, "feature_weights": [0.0]}, "above 0"),
+        ({"feature_weight": 0.5, "feature_weights": []}, "feature_weights"),
+        ({"feature_weight": 0.5, "feature_weights": [-1.0]}, "non-negative"),
+    ],
+)
+def test_bad_feature_weight_candidates_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Rgi(**TINY_MODEL, **settings)
+
+
+def test_choosing_the_weight_without_defect_masks_is_refused(tiny_data_root, tmp_path):
+    good_only = RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA, val_split_mode="from_train")
+    model = Rgi(**TINY_MODEL, feature_weight=0.5, feature_weights=[0.0, 1.0])
+    engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
+    with pytest.raises(ValueError, match="no defect masks"):
+        engine.fit(model=model, datamodule=good_only)
+    assert not list(tmp_path.rglob("*.ckpt"))  # nothing half-written

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -160,6 +161,13 @@ class Rgi(AnomalibModule):
             saved in the checkpoint and exported with the inversion); it sees foreign material on
             stochastic textures that no restoration shows (docs/experiments.md, sessions 21 and 22).
         feature_prior_steps (int): Adam steps (8 embeddings each) that fit the feature prior.
+        feature_weights (list[float] | None): Candidate values of ``feature_weight``. Each validation of
+            the fit then keeps the candidate whose map has the highest validation Dice at the best
+            threshold (``val_pixel_F1Max``; the first on a tie) and learns the thresholds for it;
+            ``feature_weight`` is the weight until the first validation, and the checkpoint records
+            the kept one as ``feature_weight``. The weight that suits a part
+            differs: 0.5 on brick, 2 or more on grass (docs/experiments.md, session 22). Needs
+            validation images with defect masks, like ``select_epoch_every``.
         min_sample_diversity (float): Training stops with :class:`ModeCollapseError`, before that
             epoch's checkpoint is written, when the epoch mean of :func:`sample_diversity` stays below
             this (0 switches the check off). Trained priors measure 0.9 to 1.1, fresh ones 1.2 to
@@ -212,6 +220,7 @@ class Rgi(AnomalibModule):
         feature_weight: float = 0.0,
         feature_reference: str = "restoration",
         feature_prior_steps: int = 2000,
+        feature_weights: list[float] | None = None,
         min_sample_diversity: float = 0.2,  # noqa: ARG002  (read through self.hparams)
         collapse_patience: int = 20,
         select_epoch_every: int = 0,
@@ -231,6 +240,12 @@ class Rgi(AnomalibModule):
         )
         if max_epochs < 1:
             msg = f"max_epochs must be at least 1, got {max_epochs}."
+            raise ValueError(msg)
+        if feature_weights is not None and (min(feature_weights, default=-1) < 0 or max(feature_weights) == 0):
+            msg = (
+                "feature_weights chooses the feature part's weight on validation among non-negative candidates, "
+                f"at least one of them above 0; got {feature_weights}."
+            )
             raise ValueError(msg)
         if feature_prior_steps < 1:
             msg = f"feature_prior_steps must be at least 1, got {feature_prior_steps}."
@@ -262,6 +277,7 @@ class Rgi(AnomalibModule):
             finetune_lr=finetune_lr,
             map_sigma=map_sigma,
             feature_weight=feature_weight,
+            feature_map=feature_weight > 0 or feature_weights is not None,
             feature_reference=feature_reference,
             input_size=input_size,
         )
@@ -275,6 +291,8 @@ class Rgi(AnomalibModule):
         self._best_epoch: dict[str, Any] | None = None  # {"epoch", "score", "state"} of the best validation
         self._kept_validation: dict[str, float] | None = None  # the final prior's epoch and validation score
         self._calibration_images: torch.Tensor | None = None  # defect-free crops for the feature map's scale
+        self._validation_parts: list[tuple[torch.Tensor, ...]] = []  # map parts of a fit's validation, to weigh
+        self._weight_choice: dict[str, float] | None = None  # this validation's chosen weight and its Dice
 
     def setup(self, stage: str) -> None:
         """Let Lightning's DDP train the GAN.
@@ -413,7 +431,11 @@ class Rgi(AnomalibModule):
         if self.hparams.select_epoch_every and (self.current_epoch + 1) % self.hparams.select_epoch_every == 0:
             self._keep_best_epoch(last_epoch)
         elif last_epoch and (score := self._epoch_validation_dice()) is not None:
-            self._kept_validation = {"epoch": self.current_epoch, "val_pixel_F1Max": score}
+            self._kept_validation = {
+                "epoch": self.current_epoch,
+                "val_pixel_F1Max": score,
+                "feature_weight": self.model.feature_weight,
+            }
 
     def _epoch_validation_dice(self) -> float | None:
         """Return the epoch's ``val_pixel_F1Max`` (its validation ran before ``on_train_epoch_end``).
@@ -421,6 +443,8 @@ class Rgi(AnomalibModule):
         None when there is none or it is 0: a validation set without defect masks scores 0.
         """
         score = self.trainer.callback_metrics.get("val_pixel_F1Max")
+        if self._weight_choice is not None:
+            score = self._weight_choice["val_pixel_F1Max"]
         if score is None or not math.isfinite(float(score)) or float(score) <= 0:
             return None
         return float(score)
@@ -446,7 +470,12 @@ class Rgi(AnomalibModule):
         score = self._validation_score()
         if self._best_epoch is None or score > self._best_epoch["score"]:
             state = {name: value.detach().cpu().clone() for name, value in self.state_dict().items()}
-            self._best_epoch = {"epoch": self.current_epoch, "score": score, "state": state}
+            self._best_epoch = {
+                "epoch": self.current_epoch,
+                "score": score,
+                "state": state,
+                "feature_weight": self.model.feature_weight,
+            }
         logger.info(
             "Rgi: epoch %d validates at val_pixel_F1Max %.3f (best so far: epoch %d, %.3f).",
             self.current_epoch,
@@ -466,8 +495,13 @@ class Rgi(AnomalibModule):
                 score,
             )
             self.load_state_dict(best["state"])
+            self._set_feature_weight(best.get("feature_weight", self.model.feature_weight))
         self.log("selected_epoch", float(best["epoch"]))
-        self._kept_validation = {"epoch": best["epoch"], "val_pixel_F1Max": best["score"]}
+        self._kept_validation = {
+            "epoch": best["epoch"],
+            "val_pixel_F1Max": best["score"],
+            "feature_weight": self.model.feature_weight,
+        }
         self._best_epoch = None  # the final checkpoint IS the best epoch; no second copy in it
 
     @classmethod
@@ -494,9 +528,10 @@ class Rgi(AnomalibModule):
             checkpoint_path (str | Path): The final checkpoint of an Rgi fit (``model.ckpt``).
 
         Returns:
-            dict[str, float] | None: ``{"epoch", "val_pixel_F1Max"}`` of the epoch the checkpoint holds
-            (the best-validating one with ``select_epoch_every``), or None when its validation had no
-            defect masks to score or the fit predates the record.
+            dict[str, float] | None: ``{"epoch", "val_pixel_F1Max", "feature_weight"}`` of the epoch the
+            checkpoint holds (the best-validating one with ``select_epoch_every``; the weight it scores
+            with, chosen with ``feature_weights``), or None when its validation had no defect masks to
+            score or the fit predates the record.
 
         """
         return cls._read_checkpoint(checkpoint_path).get("rgi_kept_validation")
@@ -834,7 +869,9 @@ class Rgi(AnomalibModule):
             raise PriorDivergedError(msg)
 
     def _score(self, batch: Batch) -> Batch:
-        result: InversionResult = self.model.invert(batch.image)
+        return self._fill(batch, self.model.invert(batch.image))
+
+    def _fill(self, batch: Batch, result: InversionResult) -> Batch:
         batch.update(**self.model.predictions(result)._asdict())
         # Not a field of anomalib's batch; the visualizer shows it beside the maps.
         batch.restored = self.model.untile((result.restored + 1.0) / 2.0)
@@ -936,9 +973,78 @@ class Rgi(AnomalibModule):
             self._relearn_thresholds()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Score validation images; the post-processor learns thresholds from them."""
+        """Score validation images; the post-processor learns thresholds from them.
+
+        With ``feature_weights``, a fit's validation also keeps the two parts of each map, to weigh.
+        """
         del args, kwargs
-        return self._score(batch)
+        result: InversionResult = self.model.invert(batch.image)
+        if self.hparams.feature_weights is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            with torch.autocast(self.device.type, enabled=False):
+                parts = [self.model.untile(part).cpu() for part in self.model.map_parts(result)]
+            self._validation_parts.append((*parts, batch.gt_mask, batch.gt_label))
+        return self._fill(batch, result)
+
+    def on_validation_epoch_end(self) -> None:
+        """With ``feature_weights``: keep the weight whose map validates best, and its thresholds.
+
+        Runs after the callbacks' epoch end (anomalib's post-processor and evaluator), so the
+        thresholds are learned again here, from the kept parts, when the weight changes.
+
+        Raises:
+            ValueError: If the validation images have no defect masks to choose the weight with.
+
+        """
+        if not self._validation_parts:
+            return
+        kept, self._validation_parts = self._validation_parts, []
+        if any(gt_mask is None for *_, gt_mask, _ in kept) or not any(gt_mask.any() for *_, gt_mask, _ in kept):
+            msg = (
+                "feature_weights chooses the feature part's weight by validation Dice, but the validation images "
+                "have no defect masks: give the datamodule defective validation images with masks "
+                "(val_split_mode 'from_test'), or set feature_weights to None and choose feature_weight yourself."
+            )
+            raise ValueError(msg)
+        dice = {weight: self._weighed_dice(kept, weight) for weight in self.hparams.feature_weights}
+        best = self.trainer.strategy.broadcast(max(dice, key=dice.get))  # every process keeps process 0's choice
+        self._weight_choice = {"feature_weight": best, "val_pixel_F1Max": dice[best]}
+        self.log("feature_weight", float(best))
+        logger.info(
+            "Rgi: validation Dice per feature_weight %s; keeping %g.",
+            {weight: round(value, 4) for weight, value in dice.items()},
+            best,
+        )
+        if best != self.model.feature_weight:
+            self._set_feature_weight(best)
+            self._learn_thresholds_from(kept)
+
+    def _weigh(self, mask_map: torch.Tensor, feature_part: torch.Tensor, weight: float) -> SimpleNamespace:
+        anomaly_map = (mask_map + weight * feature_part).squeeze(1)  # anomalib's batches hold (N, H, W) maps
+        return SimpleNamespace(anomaly_map=anomaly_map, pred_score=anomaly_map.flatten(1).amax(dim=1))
+
+    def _weighed_dice(self, kept: list[tuple[torch.Tensor, ...]], weight: float) -> float:
+        """``val_pixel_F1Max`` of the map ``mask + weight * feature part`` on the kept validation parts."""
+        dice = F1Max(fields=["anomaly_map", "gt_mask"])
+        for mask_map, feature_part, gt_mask, _ in kept:
+            weighed = self._weigh(mask_map, feature_part, weight)
+            dice.update(SimpleNamespace(anomaly_map=weighed.anomaly_map, gt_mask=gt_mask.cpu()))
+        return float(dice.compute())
+
+    def _learn_thresholds_from(self, kept: list[tuple[torch.Tensor, ...]]) -> None:
+        """Learn the post-processor's thresholds and normalisation from kept parts at the model's weight."""
+        post_processor = self.post_processor
+        if not isinstance(post_processor, PostProcessor):
+            return
+        for mask_map, feature_part, gt_mask, gt_label in kept:
+            weighed = self._weigh(mask_map.to(self.device), feature_part.to(self.device), self.model.feature_weight)
+            outputs = SimpleNamespace(**vars(weighed), gt_mask=gt_mask, gt_label=gt_label)
+            post_processor.on_validation_batch_end(self.trainer, self, outputs)
+        post_processor.on_validation_epoch_end(self.trainer, self)
+
+    def _set_feature_weight(self, weight: float) -> None:
+        """Score with ``weight`` from now on; the checkpoint's hyperparameters record it."""
+        self.model.feature_weight = weight
+        self.hparams.feature_weight = weight
 
     def test_step(self, batch: Batch, batch_idx: int, *args, **kwargs) -> STEP_OUTPUT:
         """Score test images by robust inversion."""

@@ -341,6 +341,8 @@ class RgiModel(nn.Module):
         map_sigma (float): Gaussian smoothing of the anomaly map, in pixels (0 = none).
         feature_weight (float): Weight of the feature part added to the mask map (0 = the mask alone,
             the paper's map). Its scale is matched to the mask map's by :meth:`calibrate_feature_scale`.
+        feature_map (bool | None): Build the feature part (``None``: when ``feature_weight > 0``); True
+            keeps it at weight 0, for a weight chosen later (``Rgi``'s ``feature_weights``).
         feature_reference (str): What the input's ImageNet features are compared with:
             ``"restoration"``, the :class:`FeatureDistance` to the prior's image at the starting latent
             (``InversionResult.start``); ``"prior"``, a :class:`FeaturePrior` of normal features, read at
@@ -371,6 +373,7 @@ class RgiModel(nn.Module):
         finetune_lr: float = 1e-5,
         map_sigma: float = 4.0,
         feature_weight: float = 0.0,
+        feature_map: bool | None = None,
         feature_reference: str = "restoration",
         input_size: int | None = None,
     ) -> None:
@@ -382,7 +385,8 @@ class RgiModel(nn.Module):
         if not feature_weight >= 0:
             msg = f"feature_weight must be 0 (the mask alone) or positive, got {feature_weight}."
             raise ValueError(msg)
-        if feature_weight > 0 and image_channels not in {1, 3}:
+        feature_map = feature_weight > 0 if feature_map is None else feature_map
+        if feature_map and image_channels not in {1, 3}:
             msg = f"The feature map reads grey or RGB images, not {image_channels} channels (use feature_weight=0)."
             raise ValueError(msg)
         if feature_reference not in {"restoration", "prior"}:
@@ -411,12 +415,12 @@ class RgiModel(nn.Module):
         self.pool_size = pool_size
         self.blur = GaussianBlur2d(sigma=map_sigma, channels=1) if map_sigma > 0 else None
         self.feature_weight = feature_weight
-        self.feature_distance = FeatureDistance() if feature_weight > 0 else None
+        self.feature_distance = FeatureDistance() if feature_map else None
         self.feature_prior = None
         if self.feature_distance is not None and feature_reference == "prior":
             self.feature_prior = FeaturePrior(sum(self.feature_distance.features.feature_info.channels()))
         # Mask-map units per unit of feature distance; NaN until calibrated, so an uncalibrated map cannot pass.
-        self.register_buffer("feature_scale", torch.tensor(float("nan")), persistent=feature_weight > 0)
+        self.register_buffer("feature_scale", torch.tensor(float("nan")), persistent=feature_map)
         # Saved with the weights: lets export and scoring refuse a prior that was never trained.
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
