@@ -1006,8 +1006,11 @@ class Rgi(AnomalibModule):
             )
             raise ValueError(msg)
         dice = {weight: self._weighed_dice(kept, weight) for weight in self.hparams.feature_weights}
-        best = self.trainer.strategy.broadcast(max(dice, key=dice.get))  # every process keeps process 0's choice
-        self._weight_choice = {"feature_weight": best, "val_pixel_F1Max": dice[best]}
+        best = max(dice, key=dice.get)
+        # Each process has scored its share of the images: all keep process 0's choice, and its Dice
+        # chooses the epoch in every process alike.
+        best, score = self.trainer.strategy.broadcast((best, dice[best]))
+        self._weight_choice = {"feature_weight": best, "val_pixel_F1Max": score}
         self.log("feature_weight", float(best))
         logger.info(
             "Rgi: validation Dice per feature_weight %s; keeping %g.",
