@@ -69,18 +69,20 @@ def feature_variant_rows(
     variants: list[tuple[dict, Callable[[], None]]],
     weights: list[float],
     row: dict,
+    part: str = "restoration",
 ) -> Iterator[dict]:
     """Rows for variants of the feature distance on one set of inversions (the probe scripts' harness).
 
     Each variant is its row fields and a function that sets the variant up on ``rgi.feature_distance``;
-    the map is then calibrated as ``Rgi`` does and scored at every weight (``inf``: the feature part
-    alone) on every half of ``inverted`` (:func:`invert_halves`).
+    the map is then calibrated as ``Rgi`` does and scored at every weight of the feature ``part``
+    (``inf``: that part alone) on every half of ``inverted`` (:func:`invert_halves`).
     """
     for fields, set_up in variants:
         set_up()
-        scale = rgi.calibrate_feature_scale(train)
+        scale = rgi.calibrate_feature_scale(train)[part]
         for half, (result, masks, defects) in inverted.items():
-            mask_map, feature_part = rgi.map_parts(result)
+            parts = rgi.map_parts(result)
+            mask_map, feature_part = parts["mask"], parts[part]
             for weight in weights:
                 scores = feature_part if weight == float("inf") else mask_map + weight * feature_part
                 quality = map_quality(scores[:, 0].numpy(), masks, defects)
@@ -103,7 +105,8 @@ def score(
     references = {"same": replace(result, start=result.restored), "encoder": result}
     maps = {}
     for source in features_from:
-        mask_map, feature_part = model.model.map_parts(references[source])
+        parts = model.model.map_parts(references[source])
+        mask_map, feature_part = parts["mask"], parts["restoration"]
         maps.update({(source, weight): (mask_map + weight * feature_part)[:, 0].cpu() for weight in weights})
     return maps
 
@@ -190,7 +193,7 @@ def main() -> None:
     halves = scoring_halves(args.data_root, args.category, args.halves)
     for checkpoint in args.checkpoints:
         model, train = prior_with_feature_map(checkpoint, args.data_root, args.category, args.device)
-        scale = model.model.calibrate_feature_scale(train)
+        scale = model.model.calibrate_feature_scale(train)["restoration"]
         for half, (images, masks, defects) in halves.items():
             for method in args.methods:
                 for (features_from, weight), maps in score(

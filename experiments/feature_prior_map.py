@@ -8,8 +8,8 @@ calibrated as ``Rgi`` calibrates its map, at each weight (0: the mask alone; ``i
 alone). Variants of the feature part:
 
 - ``cosine``: the shipped map;
-- ``prior``: ``Rgi``'s ``feature_reference="prior"``: the feature prior's residual of the input at
-  256 px (fitted on every good training crop; the restoration is not used).
+- ``prior``: ``Rgi``'s feature prior part (``feature_prior_weight``): the feature prior's residual of
+  the input at 256 px (fitted on every good training crop; the restoration is not used).
   (Session 21's ``prior-256`` was this probe's own autoencoder, 3000 steps of 32 grids; its
   ``cosine-256``, the shipped map at 256 px, did not help and is gone.)
 
@@ -31,14 +31,15 @@ from anomalib_rgi.data.textures import train_image_paths
 from anomalib_rgi.inpainting import load_images
 from anomalib_rgi.models.rgi.torch_model import FeaturePrior
 
+PARTS = {"cosine": "restoration", "prior": "prior"}  # the map part each variant scores
+
 
 def use_variant(rgi: torch.nn.Module, variant: str, good: torch.Tensor, prior_steps: int) -> None:
     """Score ``rgi`` with ``variant`` from now on; ``prior`` first fits the feature prior on ``good``."""
     if variant == "cosine":
         rgi.feature_prior = None
         return
-    channels = sum(rgi.feature_distance.features.feature_info.channels())
-    rgi.feature_prior = FeaturePrior(channels)
+    rgi.feature_prior = FeaturePrior(sum(rgi.feature_distance.features.feature_info.channels()))
     rgi.fit_feature_prior(good, prior_steps)
 
 
@@ -60,10 +61,15 @@ def main() -> None:
         rgi = model.model
         good = load_images(train_image_paths(args.data_root, args.category), rgi.image_size)
         inverted = invert_halves(rgi, halves, METHODS[args.method])
-        variants = [({"variant": v}, partial(use_variant, rgi, v, good, args.prior_steps)) for v in args.variants]
         row = {"category": args.category, "checkpoint": str(checkpoint), "method": args.method}
-        for quality in feature_variant_rows(rgi, train, inverted, variants, [0.0, *args.weights, float("inf")], row):
-            emit(quality, args.out)
+        for variant in args.variants:
+            set_up = partial(use_variant, rgi, variant, good, args.prior_steps)
+            weights = [0.0, *args.weights, float("inf")]
+            part = PARTS[variant]
+            for quality in feature_variant_rows(
+                rgi, train, inverted, [({"variant": variant}, set_up)], weights, row, part
+            ):
+                emit(quality, args.out)
 
 
 if __name__ == "__main__":

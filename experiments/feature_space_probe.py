@@ -69,7 +69,7 @@ def knn_map(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
 
 
 def train_prior(embeddings: torch.Tensor, steps: int) -> FeaturePrior:
-    """``Rgi``'s feature prior (``feature_reference="prior"``), fitted on normal embeddings."""
+    """``Rgi``'s feature prior (``feature_prior_weight > 0``), fitted on normal embeddings."""
     prior = FeaturePrior(embeddings.shape[1])
     prior.fit(embeddings, steps)
     return prior.eval()

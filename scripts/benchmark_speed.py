@@ -60,7 +60,11 @@ def measure(method: str, args: dict) -> dict:
     torch.set_num_threads(args["threads"])
     model = Rgi.load_from_checkpoint(args["checkpoint"], **args["map"]).eval()
     model.model.inversion.update(args["settings"])
-    if model.model.feature_distance is not None and torch.isnan(model.model.feature_scale):
+    prior = model.model.feature_prior
+    if prior is not None and not prior.fitted:
+        good = train_image_paths(args["data_root"], args["category"], limit=512)
+        model.model.fit_feature_prior(load_images(good, model.model.input_size))
+    if model.model.feature_distance is not None:
         good = train_image_paths(args["data_root"], args["category"], limit=32)
         model.model.calibrate_feature_scale(load_images(good, model.model.input_size))
     steps = model.model.inversion["steps"]

@@ -260,9 +260,12 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
     variants = rgi_variants(args) if job == "rgi" else {type(model).__name__: None}
     if job == "rgi" and args.variants:
         variants = {name: settings for name, settings in variants.items() if name in args.variants}
-    feature_weight = model.model.feature_weight if job == "rgi" else 0
-    reference = "feature prior" if job == "rgi" and model.model.feature_prior is not None else "feature map"
-    suffix = f" + {reference} x{feature_weight:g}" if feature_weight else ""
+    weights = (model.model.feature_weight, model.model.feature_prior_weight) if job == "rgi" else (0, 0)
+    suffix = "".join(
+        f" + {name} x{weight:g}"
+        for name, weight in zip(("feature map", "feature prior"), weights, strict=True)
+        if weight
+    )
     rows = []
     own_settings = dict(model.model.inversion) if job == "rgi" else {}
     for variant, settings in variants.items():

@@ -47,7 +47,12 @@ def test_the_best_validated_epoch_is_kept_in_memory_and_on_disk(tiny_data_root, 
     saved = torch.load(checkpoint, weights_only=False)
     assert _same(saved["state_dict"], snapshots.states[kept])
     assert "rgi_best_epoch" not in saved  # no second copy of the weights in the final file
-    assert Rgi.kept_validation(checkpoint) == {"epoch": kept, "val_pixel_F1Max": scores[kept], "feature_weight": 0.0}
+    assert Rgi.kept_validation(checkpoint) == {
+        "epoch": kept,
+        "val_pixel_F1Max": scores[kept],
+        "feature_weight": 0.0,
+        "feature_prior_weight": 0.0,
+    }
 
 
 def test_validation_dice_chooses_the_epoch(tiny_data_root, tmp_path):
@@ -64,6 +69,7 @@ def test_without_selection_the_checkpoint_records_the_last_epochs_validation(tin
         "epoch": 1,
         "val_pixel_F1Max": pytest.approx(float(engine.trainer.callback_metrics["val_pixel_F1Max"])),
         "feature_weight": 0.0,
+        "feature_prior_weight": 0.0,
     }
     assert 0 < kept["val_pixel_F1Max"] <= 1
 

@@ -154,20 +154,22 @@ class Rgi(AnomalibModule):
             units (their ratio is calibrated on training crops after every training epoch). It sees
             foreign material that the prior restores as a blur, which the mask misses on stochastic
             textures (docs/experiments.md, sessions 13 and 14).
-        feature_reference (str): What the feature part compares the input's features with.
-            ``"restoration"``: the prior's image at the starting latent, as above. ``"prior"``: a
+        feature_prior_weight (float): Above 0: the map also adds this weight times the residual of a
             generative prior of normal FEATURES (an autoencoder of EfficientNet-Lite0 embeddings read at
             twice ``image_size``, 0.3 M weights, fitted on the training images when the fit starts,
-            saved in the checkpoint and exported with the inversion); it sees foreign material on
-            stochastic textures that no restoration shows (docs/experiments.md, sessions 21 and 22).
+            saved in the checkpoint and exported with the inversion), in the mask map's units. It sees
+            foreign material on stochastic textures that no restoration shows (docs/experiments.md,
+            sessions 21 and 22).
         feature_prior_steps (int): Adam steps (8 embeddings each) that fit the feature prior.
-        feature_weights (list[float] | None): Candidate values of ``feature_weight``. Each validation of
-            the fit then keeps the candidate whose map has the highest validation Dice at the best
-            threshold (``val_pixel_F1Max``; the first on a tie) and learns the thresholds for it;
-            ``feature_weight`` is the weight until the first validation, and the checkpoint records
-            the kept one as ``feature_weight``. The weight that suits a part
-            differs: 0.5 on brick, 2 or more on grass (docs/experiments.md, session 22). Needs
-            validation images with defect masks, like ``select_epoch_every``.
+        feature_weights (list[float] | None): Candidate values of ``feature_weight``, and
+        feature_prior_weights (list[float] | None): of ``feature_prior_weight``. With either, each
+            validation of the fit keeps the pair of weights (over every combination of the candidates;
+            a weight without candidates stays as set) whose map has the highest validation Dice at the
+            best threshold (``val_pixel_F1Max``; the first on a tie) and learns the thresholds for it;
+            the checkpoint records the kept pair as ``feature_weight`` and ``feature_prior_weight``. The
+            weights that suit a part differ: the restoration part on brick, the feature prior on grass
+            (docs/experiments.md, session 22). Needs validation images with defect masks, like
+            ``select_epoch_every``.
         min_sample_diversity (float): Training stops with :class:`ModeCollapseError`, before that
             epoch's checkpoint is written, when the epoch mean of :func:`sample_diversity` stays below
             this (0 switches the check off). Trained priors measure 0.9 to 1.1, fresh ones 1.2 to
@@ -218,9 +220,10 @@ class Rgi(AnomalibModule):
         finetune_lr: float = 1e-5,
         map_sigma: float = 4.0,
         feature_weight: float = 0.0,
-        feature_reference: str = "restoration",
+        feature_prior_weight: float = 0.0,
         feature_prior_steps: int = 2000,
         feature_weights: list[float] | None = None,
+        feature_prior_weights: list[float] | None = None,
         min_sample_diversity: float = 0.2,  # noqa: ARG002  (read through self.hparams)
         collapse_patience: int = 20,
         select_epoch_every: int = 0,
@@ -241,12 +244,15 @@ class Rgi(AnomalibModule):
         if max_epochs < 1:
             msg = f"max_epochs must be at least 1, got {max_epochs}."
             raise ValueError(msg)
-        if feature_weights is not None and (min(feature_weights, default=-1) < 0 or max(feature_weights) == 0):
-            msg = (
-                "feature_weights chooses the feature part's weight on validation among non-negative candidates, "
-                f"at least one of them above 0; got {feature_weights}."
-            )
-            raise ValueError(msg)
+        for name, candidates in {
+            "feature_weights": feature_weights,
+            "feature_prior_weights": feature_prior_weights,
+        }.items():
+            if candidates is not None and min(candidates, default=-1) < 0:
+                msg = (
+                    f"{name}: candidate weights chosen on validation, a non-empty list none below 0; got {candidates}."
+                )
+                raise ValueError(msg)
         if feature_prior_steps < 1:
             msg = f"feature_prior_steps must be at least 1, got {feature_prior_steps}."
             raise ValueError(msg)
@@ -277,8 +283,8 @@ class Rgi(AnomalibModule):
             finetune_lr=finetune_lr,
             map_sigma=map_sigma,
             feature_weight=feature_weight,
-            feature_map=feature_weight > 0 or feature_weights is not None,
-            feature_reference=feature_reference,
+            feature_prior_weight=feature_prior_weight,
+            feature_parts=feature_weights is not None or feature_prior_weights is not None,
             input_size=input_size,
         )
         self.generator_loss = GeneratorLoss(adversarial_weight, reconstruction_weight)
@@ -292,7 +298,7 @@ class Rgi(AnomalibModule):
         self._kept_validation: dict[str, float] | None = None  # the final prior's epoch and validation score
         self._calibration_images: torch.Tensor | None = None  # defect-free crops for the feature map's scale
         self._validation_parts: list[tuple[torch.Tensor, ...]] = []  # map parts of a fit's validation, to weigh
-        self._weight_choice: dict[str, float] | None = None  # this validation's chosen weight and its Dice
+        self._weight_choice: dict[str, float] | None = None  # this validation's chosen weights and their Dice
 
     def setup(self, stage: str) -> None:
         """Let Lightning's DDP train the GAN.
@@ -431,11 +437,7 @@ class Rgi(AnomalibModule):
         if self.hparams.select_epoch_every and (self.current_epoch + 1) % self.hparams.select_epoch_every == 0:
             self._keep_best_epoch(last_epoch)
         elif last_epoch and (score := self._epoch_validation_dice()) is not None:
-            self._kept_validation = {
-                "epoch": self.current_epoch,
-                "val_pixel_F1Max": score,
-                "feature_weight": self.model.feature_weight,
-            }
+            self._kept_validation = {"epoch": self.current_epoch, "val_pixel_F1Max": score, **self._feature_weights()}
 
     def _epoch_validation_dice(self) -> float | None:
         """Return the epoch's ``val_pixel_F1Max`` (its validation ran before ``on_train_epoch_end``).
@@ -474,7 +476,7 @@ class Rgi(AnomalibModule):
                 "epoch": self.current_epoch,
                 "score": score,
                 "state": state,
-                "feature_weight": self.model.feature_weight,
+                "feature_weights": self._feature_weights(),
             }
         logger.info(
             "Rgi: epoch %d validates at val_pixel_F1Max %.3f (best so far: epoch %d, %.3f).",
@@ -495,13 +497,9 @@ class Rgi(AnomalibModule):
                 score,
             )
             self.load_state_dict(best["state"])
-            self._set_feature_weight(best.get("feature_weight", self.model.feature_weight))
+            self._set_feature_weights(best.get("feature_weights", self._feature_weights()))
         self.log("selected_epoch", float(best["epoch"]))
-        self._kept_validation = {
-            "epoch": best["epoch"],
-            "val_pixel_F1Max": best["score"],
-            "feature_weight": self.model.feature_weight,
-        }
+        self._kept_validation = {"epoch": best["epoch"], "val_pixel_F1Max": best["score"], **self._feature_weights()}
         self._best_epoch = None  # the final checkpoint IS the best epoch; no second copy in it
 
     @classmethod
@@ -528,10 +526,11 @@ class Rgi(AnomalibModule):
             checkpoint_path (str | Path): The final checkpoint of an Rgi fit (``model.ckpt``).
 
         Returns:
-            dict[str, float] | None: ``{"epoch", "val_pixel_F1Max", "feature_weight"}`` of the epoch the
-            checkpoint holds (the best-validating one with ``select_epoch_every``; the weight it scores
-            with, chosen with ``feature_weights``), or None when its validation had no defect masks to
-            score or the fit predates the record.
+            dict[str, float] | None: ``{"epoch", "val_pixel_F1Max", "feature_weight",
+            "feature_prior_weight"}`` of the epoch the checkpoint holds (the best-validating one with
+            ``select_epoch_every``; the weights it scores with, chosen with ``feature_weights`` or
+            ``feature_prior_weights``), or None when its validation had no defect masks to score or the
+            fit predates the record.
 
         """
         return cls._read_checkpoint(checkpoint_path).get("rgi_kept_validation")
@@ -695,9 +694,9 @@ class Rgi(AnomalibModule):
         del outputs, batch, batch_idx
         if self.model.feature_distance is None or not self.trainer.is_last_batch:
             return
-        scale = self.model.calibrate_feature_scale(self._calibration_images)
-        mean = self.trainer.strategy.reduce(torch.tensor(scale, device=self.device), reduce_op="mean")
-        self.model.feature_scale.copy_(mean)
+        scales = self.model.calibrate_feature_scale(self._calibration_images)
+        for name, buffer in self._scale_buffers().items():
+            buffer.copy_(self.trainer.strategy.reduce(torch.tensor(scales[name], device=self.device), reduce_op="mean"))
 
     def to_onnx(
         self,
@@ -906,7 +905,7 @@ class Rgi(AnomalibModule):
 
         Fits the feature prior if it is not fitted, and calibrates the map's scale if it was never
         calibrated or the feature prior is new. Lets ``anomalib validate/test/predict
-        --model.feature_weight 0.5 [--model.feature_reference prior] --ckpt_path <prior>`` work;
+        --model.feature_weight 0.5 [--model.feature_prior_weight 1] --ckpt_path <prior>`` work;
         without training images scoring stops and says how to prepare the map.
 
         Returns:
@@ -916,12 +915,12 @@ class Rgi(AnomalibModule):
         if self.model.feature_distance is None:
             return False
         fitted_now = self._fit_feature_prior()
-        if not (fitted_now or torch.isnan(self.model.feature_scale)):
+        if not (fitted_now or any(torch.isnan(scale) for scale in self._scale_buffers().values())):
             return False
         if (images := self._training_images(32)) is None:
             return False
-        scale = self.model.calibrate_feature_scale(images)
-        logger.info("Rgi: feature map calibrated on %d training images (feature_scale %.3f).", len(images), scale)
+        scales = self.model.calibrate_feature_scale(images)
+        logger.info("Rgi: feature parts calibrated on %d training images (scales %s).", len(images), scales)
         return True
 
     def _relearn_thresholds(self) -> None:
@@ -975,79 +974,110 @@ class Rgi(AnomalibModule):
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score validation images; the post-processor learns thresholds from them.
 
-        With ``feature_weights``, a fit's validation also keeps the two parts of each map, to weigh.
+        When weights are chosen (``feature_weights``, ``feature_prior_weights``), a fit's validation
+        also keeps the parts of each map, to weigh.
         """
         del args, kwargs
         result: InversionResult = self.model.invert(batch.image)
-        if self.hparams.feature_weights is not None and self.trainer.state.fn == TrainerFn.FITTING:
+        if self._candidate_weights() and self.trainer.state.fn == TrainerFn.FITTING:
             with torch.autocast(self.device.type, enabled=False):
-                parts = [self.model.untile(part).cpu() for part in self.model.map_parts(result)]
-            self._validation_parts.append((*parts, batch.gt_mask, batch.gt_label))
+                parts = {name: self.model.untile(part).cpu() for name, part in self.model.map_parts(result).items()}
+            self._validation_parts.append((parts, batch.gt_mask, batch.gt_label))
         return self._fill(batch, result)
 
     def on_validation_epoch_end(self) -> None:
-        """With ``feature_weights``: keep the weight whose map validates best, and its thresholds.
+        """When weights are chosen: keep the pair whose map validates best, and learn its thresholds.
 
         Runs after the callbacks' epoch end (anomalib's post-processor and evaluator), so the
-        thresholds are learned again here, from the kept parts, when the weight changes.
+        thresholds are learned again here, from the kept parts, when the weights change.
 
         Raises:
-            ValueError: If the validation images have no defect masks to choose the weight with.
+            ValueError: If the validation images have no defect masks to choose the weights with.
 
         """
         if not self._validation_parts:
             return
         kept, self._validation_parts = self._validation_parts, []
-        if any(gt_mask is None for *_, gt_mask, _ in kept) or not any(gt_mask.any() for *_, gt_mask, _ in kept):
+        if any(gt_mask is None for _, gt_mask, _ in kept) or not any(gt_mask.any() for _, gt_mask, _ in kept):
             msg = (
-                "feature_weights chooses the feature part's weight by validation Dice, but the validation images "
-                "have no defect masks: give the datamodule defective validation images with masks "
-                "(val_split_mode 'from_test'), or set feature_weights to None and choose feature_weight yourself."
+                "feature_weights / feature_prior_weights choose the feature parts' weights by validation Dice, "
+                "but the validation images have no defect masks: give the datamodule defective validation images "
+                "with masks (val_split_mode 'from_test'), or set the weights yourself (no candidates)."
             )
             raise ValueError(msg)
-        dice = {weight: self._weighed_dice(kept, weight) for weight in self.hparams.feature_weights}
-        best = max(dice, key=dice.get)
+        candidates = self._candidate_weights()
+        dice = [self._weighed_dice(kept, weights) for weights in candidates]
+        best = max(range(len(candidates)), key=dice.__getitem__)
         # Each process has scored its share of the images: all keep process 0's choice, and its Dice
         # chooses the epoch in every process alike.
         best, score = self.trainer.strategy.broadcast((best, dice[best]))
-        self._weight_choice = {"feature_weight": best, "val_pixel_F1Max": score}
-        self.log("feature_weight", float(best))
+        self._weight_choice = {"val_pixel_F1Max": score, **candidates[best]}
+        self.log_dict({name: float(weight) for name, weight in candidates[best].items()})
         logger.info(
-            "Rgi: validation Dice per feature_weight %s; keeping %g.",
-            {weight: round(value, 4) for weight, value in dice.items()},
-            best,
+            "Rgi: validation Dice per (feature_weight, feature_prior_weight) %s; keeping %s.",
+            {tuple(weights.values()): round(value, 4) for weights, value in zip(candidates, dice, strict=True)},
+            tuple(candidates[best].values()),
         )
-        if best != self.model.feature_weight:
-            self._set_feature_weight(best)
+        if candidates[best] != self._feature_weights():
+            self._set_feature_weights(candidates[best])
             self._learn_thresholds_from(kept)
 
-    def _weigh(self, mask_map: torch.Tensor, feature_part: torch.Tensor, weight: float) -> SimpleNamespace:
-        anomaly_map = (mask_map + weight * feature_part).squeeze(1)  # anomalib's batches hold (N, H, W) maps
+    def _candidate_weights(self) -> list[dict[str, float]]:
+        """Every combination of the candidate weights; empty when no weight is chosen on validation."""
+        restoration, prior = self.hparams.feature_weights, self.hparams.feature_prior_weights
+        if restoration is None and prior is None:
+            return []
+        current = self._feature_weights()
+        return [
+            {"feature_weight": restoration_weight, "feature_prior_weight": prior_weight}
+            for restoration_weight in restoration or [current["feature_weight"]]
+            for prior_weight in prior or [current["feature_prior_weight"]]
+        ]
+
+    def _feature_weights(self) -> dict[str, float]:
+        return {"feature_weight": self.model.feature_weight, "feature_prior_weight": self.model.feature_prior_weight}
+
+    def _set_feature_weights(self, weights: dict[str, float]) -> None:
+        """Score with ``weights`` from now on; the checkpoint's hyperparameters record them."""
+        self.model.feature_weight = weights["feature_weight"]
+        self.model.feature_prior_weight = weights["feature_prior_weight"]
+        self.hparams.update(weights)
+
+    def _scale_buffers(self) -> dict[str, torch.Tensor]:
+        """Each built feature part's scale, by the names ``calibrate_feature_scale`` returns."""
+        buffers = {"restoration": self.model.feature_scale} if self.model.feature_distance is not None else {}
+        if self.model.feature_prior is not None:
+            buffers["prior"] = self.model.feature_prior.scale
+        return buffers
+
+    @staticmethod
+    def _weigh(parts: dict[str, torch.Tensor], weights: dict[str, float], device: torch.device) -> SimpleNamespace:
+        anomaly_map = parts["mask"].to(device)
+        for name, weight in (("restoration", weights["feature_weight"]), ("prior", weights["feature_prior_weight"])):
+            if weight:
+                anomaly_map = anomaly_map + weight * parts[name].to(device)
+        anomaly_map = anomaly_map.squeeze(1)  # anomalib's batches hold (N, H, W) maps
         return SimpleNamespace(anomaly_map=anomaly_map, pred_score=anomaly_map.flatten(1).amax(dim=1))
 
-    def _weighed_dice(self, kept: list[tuple[torch.Tensor, ...]], weight: float) -> float:
-        """``val_pixel_F1Max`` of the map ``mask + weight * feature part`` on the kept validation parts."""
+    def _weighed_dice(self, kept: list[tuple], weights: dict[str, float]) -> float:
+        """``val_pixel_F1Max`` of the map the ``weights`` give, on the kept validation parts."""
         dice = F1Max(fields=["anomaly_map", "gt_mask"])
-        for mask_map, feature_part, gt_mask, _ in kept:
-            weighed = self._weigh(mask_map, feature_part, weight)
+        for parts, gt_mask, _ in kept:
+            weighed = self._weigh(parts, weights, torch.device("cpu"))
             dice.update(SimpleNamespace(anomaly_map=weighed.anomaly_map, gt_mask=gt_mask.cpu()))
         return float(dice.compute())
 
-    def _learn_thresholds_from(self, kept: list[tuple[torch.Tensor, ...]]) -> None:
-        """Learn the post-processor's thresholds and normalisation from kept parts at the model's weight."""
+    def _learn_thresholds_from(self, kept: list[tuple]) -> None:
+        """Learn the post-processor's thresholds and normalisation from kept parts at the model's weights."""
         post_processor = self.post_processor
         if not isinstance(post_processor, PostProcessor):
             return
-        for mask_map, feature_part, gt_mask, gt_label in kept:
-            weighed = self._weigh(mask_map.to(self.device), feature_part.to(self.device), self.model.feature_weight)
-            outputs = SimpleNamespace(**vars(weighed), gt_mask=gt_mask, gt_label=gt_label)
-            post_processor.on_validation_batch_end(self.trainer, self, outputs)
+        for parts, gt_mask, gt_label in kept:
+            weighed = self._weigh(parts, self._feature_weights(), self.device)
+            post_processor.on_validation_batch_end(
+                self.trainer, self, SimpleNamespace(**vars(weighed), gt_mask=gt_mask, gt_label=gt_label)
+            )
         post_processor.on_validation_epoch_end(self.trainer, self)
-
-    def _set_feature_weight(self, weight: float) -> None:
-        """Score with ``weight`` from now on; the checkpoint's hyperparameters record it."""
-        self.model.feature_weight = weight
-        self.hparams.feature_weight = weight
 
     def test_step(self, batch: Batch, batch_idx: int, *args, **kwargs) -> STEP_OUTPUT:
         """Score test images by robust inversion."""

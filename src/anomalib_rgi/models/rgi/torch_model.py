@@ -12,6 +12,7 @@ per-image generator fine-tuning of R-RGI (vmap over weights) and ONNX export bot
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import pairwise
 
 import timm
@@ -261,6 +262,8 @@ class FeaturePrior(nn.Module):
         self.register_buffer("centre", torch.zeros(1, channels, 1, 1))
         self.register_buffer("spread", torch.ones(1, channels, 1, 1))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        # Mask-map units per unit of residual (``RgiModel.calibrate_feature_scale``); NaN until calibrated.
+        self.register_buffer("scale", torch.tensor(float("nan")))
         with torch.random.fork_rng(devices=[]):  # :meth:`fit` initialises; the GAN's draws stay as they were
             self.encoder = nn.Sequential(
                 nn.Conv2d(channels, width, 3, padding=1),
@@ -339,14 +342,15 @@ class RgiModel(nn.Module):
         finetune_steps (int): R-RGI steps with per-image generator weights (0 = RGI).
         finetune_lr (float): Learning rate of the generator weights in R-RGI.
         map_sigma (float): Gaussian smoothing of the anomaly map, in pixels (0 = none).
-        feature_weight (float): Weight of the feature part added to the mask map (0 = the mask alone,
-            the paper's map). Its scale is matched to the mask map's by :meth:`calibrate_feature_scale`.
-        feature_map (bool | None): Build the feature part (``None``: when ``feature_weight > 0``); True
-            keeps it at weight 0, for a weight chosen later (``Rgi``'s ``feature_weights``).
-        feature_reference (str): What the input's ImageNet features are compared with:
-            ``"restoration"``, the :class:`FeatureDistance` to the prior's image at the starting latent
-            (``InversionResult.start``); ``"prior"``, a :class:`FeaturePrior` of normal features, read at
-            a network input twice the prior's ``image_size`` (fitted by :meth:`fit_feature_prior`).
+        feature_weight (float): Weight of the restoration feature part added to the mask map: the
+            :class:`FeatureDistance` between the input and the prior's image at the starting latent
+            (``InversionResult.start``).
+        feature_prior_weight (float): Weight of the feature prior part added to the mask map: the
+            residual of a :class:`FeaturePrior` of normal features, read at a network input twice
+            ``image_size`` (fitted by :meth:`fit_feature_prior`). Both weights 0: the mask alone, the
+            paper's map. Each part's scale is matched to the mask map's by :meth:`calibrate_feature_scale`.
+        feature_parts (bool): Build both feature parts even at weight 0, for weights chosen later
+            (``Rgi``'s ``feature_weights``); parts at weight 0 are not computed by :meth:`anomaly_map`.
         input_size (int | None): Side of the images this model scores (``None``: ``image_size``).
             A multiple of ``image_size``: each image is cut into ``image_size`` tiles side by side,
             every tile is inverted on its own and the maps and restorations are stitched back, so
@@ -373,8 +377,8 @@ class RgiModel(nn.Module):
         finetune_lr: float = 1e-5,
         map_sigma: float = 4.0,
         feature_weight: float = 0.0,
-        feature_map: bool | None = None,
-        feature_reference: str = "restoration",
+        feature_prior_weight: float = 0.0,
+        feature_parts: bool = False,
         input_size: int | None = None,
     ) -> None:
         super().__init__()
@@ -382,15 +386,16 @@ class RgiModel(nn.Module):
         if input_size < image_size or input_size % image_size:
             msg = f"input_size must be a multiple of the prior's image_size ({image_size}), got {input_size}."
             raise ValueError(msg)
-        if not feature_weight >= 0:
-            msg = f"feature_weight must be 0 (the mask alone) or positive, got {feature_weight}."
-            raise ValueError(msg)
-        feature_map = feature_weight > 0 if feature_map is None else feature_map
-        if feature_map and image_channels not in {1, 3}:
-            msg = f"The feature map reads grey or RGB images, not {image_channels} channels (use feature_weight=0)."
-            raise ValueError(msg)
-        if feature_reference not in {"restoration", "prior"}:
-            msg = f"feature_reference must be 'restoration' or 'prior', got {feature_reference!r}."
+        for name, weight in {"feature_weight": feature_weight, "feature_prior_weight": feature_prior_weight}.items():
+            if not weight >= 0:
+                msg = f"{name} must be 0 (the mask alone) or positive, got {weight}."
+                raise ValueError(msg)
+        features = feature_parts or feature_weight > 0 or feature_prior_weight > 0
+        if features and image_channels not in {1, 3}:
+            msg = (
+                f"The feature parts read grey or RGB images, not {image_channels} channels "
+                "(use feature_weight=0 and feature_prior_weight=0)."
+            )
             raise ValueError(msg)
         if latent_init not in {"encoder", "pool"}:
             msg = f"latent_init must be 'encoder' or 'pool', got {latent_init!r}."
@@ -415,12 +420,13 @@ class RgiModel(nn.Module):
         self.pool_size = pool_size
         self.blur = GaussianBlur2d(sigma=map_sigma, channels=1) if map_sigma > 0 else None
         self.feature_weight = feature_weight
-        self.feature_distance = FeatureDistance() if feature_map else None
+        self.feature_prior_weight = feature_prior_weight
+        self.feature_distance = FeatureDistance() if features else None
         self.feature_prior = None
-        if self.feature_distance is not None and feature_reference == "prior":
+        if feature_parts or feature_prior_weight > 0:
             self.feature_prior = FeaturePrior(sum(self.feature_distance.features.feature_info.channels()))
         # Mask-map units per unit of feature distance; NaN until calibrated, so an uncalibrated map cannot pass.
-        self.register_buffer("feature_scale", torch.tensor(float("nan")), persistent=feature_map)
+        self.register_buffer("feature_scale", torch.tensor(float("nan")), persistent=features)
         # Saved with the weights: lets export and scoring refuse a prior that was never trained.
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
@@ -513,92 +519,114 @@ class RgiModel(nn.Module):
     def _mask_map(self, result: InversionResult) -> torch.Tensor:
         return self._smooth(result.mask.abs().mean(dim=1, keepdim=True))
 
-    def _feature_map(self, result: InversionResult) -> torch.Tensor:
-        images = (result.target + 1) / 2
-        if self.feature_prior is not None:
-            if not is_tracing() and not self.feature_prior.fitted:
-                msg = (
-                    "The feature prior was never fitted (this prior was trained without feature_reference='prior'). "
-                    "Fit with it, or call model.fit_feature_prior(good_images) before scoring."
-                )
-                raise RuntimeError(msg)
-            residual = self.feature_prior.residual(self.feature_distance.embed(images, 2 * self.image_size))
-            return self._smooth(F.interpolate(residual, size=images.shape[-2:], mode="bilinear", align_corners=False))
+    def _restoration_part(self, result: InversionResult) -> torch.Tensor:
         # To the prior's image at the starting latent, not the final restoration: the steps, and
         # R-RGI's per-image fine-tuning above all, learn part of a defect (docs/experiments.md,
         # 2026-11-27 session 14).
-        return self._smooth(self.feature_distance(images, (result.start.clamp(-1, 1) + 1) / 2))
+        return self._smooth(self.feature_distance((result.target + 1) / 2, (result.start.clamp(-1, 1) + 1) / 2))
+
+    def _prior_part(self, result: InversionResult) -> torch.Tensor:
+        if not is_tracing() and not self.feature_prior.fitted:
+            msg = (
+                "The feature prior was never fitted (this prior was trained without it). Fit with "
+                "feature_prior_weight > 0, or call model.fit_feature_prior(good_images) before scoring."
+            )
+            raise RuntimeError(msg)
+        images = (result.target + 1) / 2
+        residual = self.feature_prior.residual(self.feature_distance.embed(images, 2 * self.image_size))
+        return self._smooth(F.interpolate(residual, size=images.shape[-2:], mode="bilinear", align_corners=False))
+
+    def _feature_parts(self) -> dict[str, tuple[Callable[[InversionResult], torch.Tensor], torch.Tensor, float]]:
+        """Each built feature part: how it is computed, its scale and its weight."""
+        parts = {}
+        if self.feature_distance is not None:
+            parts["restoration"] = (self._restoration_part, self.feature_scale, self.feature_weight)
+        if self.feature_prior is not None:
+            parts["prior"] = (self._prior_part, self.feature_prior.scale, self.feature_prior_weight)
+        return parts
 
     @torch.no_grad()
     def fit_feature_prior(self, images: torch.Tensor, steps: int = 2000) -> None:
         """Fit the :class:`FeaturePrior` on the embeddings of defect-free ``images`` (in [0, 1], any count).
 
         Raises:
-            RuntimeError: If the model compares with the restoration (``feature_reference="restoration"``).
+            RuntimeError: If the model has no feature prior.
 
         """
         if self.feature_prior is None:
-            msg = "This model has no feature prior to fit (it needs feature_weight > 0 and feature_reference='prior')."
+            msg = "This model has no feature prior to fit (it needs feature_prior_weight > 0)."
             raise RuntimeError(msg)
         tiles = self.tile(images)
         embeddings = torch.cat([self.feature_distance.embed(batch, 2 * self.image_size) for batch in tiles.split(32)])
         self.feature_prior.fit(embeddings, steps)
 
-    def map_parts(self, result: InversionResult) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the two parts of the anomaly map, each ``(N, 1, H, W)``.
+    def map_parts(self, result: InversionResult, weighted_only: bool = False) -> dict[str, torch.Tensor]:
+        """Return the parts of the anomaly map, each ``(N, 1, H, W)``.
+
+        Args:
+            result (InversionResult): An inversion.
+            weighted_only (bool): Leave out the feature parts whose weight is 0.
 
         Returns:
-            tuple[torch.Tensor, torch.Tensor | None]: The mask map ``mean_c |M|`` and the feature
-            distance in the mask map's units (``feature_scale`` applied; ``None`` without the feature
-            map). The anomaly map is ``mask map + feature_weight * feature part``.
+            dict[str, torch.Tensor]: ``"mask"``, the mask map ``mean_c |M|``, and the built feature
+            parts, ``"restoration"`` and ``"prior"``, in the mask map's units (their scales applied).
+            The anomaly map is ``mask + feature_weight * restoration + feature_prior_weight * prior``.
 
         Raises:
-            RuntimeError: If the feature map's scale was never calibrated.
+            RuntimeError: If a feature part's scale was never calibrated.
 
         """
-        mask_map = self._mask_map(result)
-        if self.feature_distance is None:
-            return mask_map, None
-        if not is_tracing() and torch.isnan(self.feature_scale):
-            msg = (
-                "The feature map's scale was never calibrated (this prior was trained without feature_weight). "
-                "Fit with feature_weight > 0, or call model.calibrate_feature_scale(good_images) before scoring."
-            )
-            raise RuntimeError(msg)
-        return mask_map, self.feature_scale * self._feature_map(result)
+        parts = {"mask": self._mask_map(result)}
+        for name, (compute, scale, weight) in self._feature_parts().items():
+            if weighted_only and weight == 0:
+                continue
+            part = compute(result)  # first: an unfitted feature prior says so
+            if not is_tracing() and torch.isnan(scale):
+                msg = (
+                    f"The {name} feature part's scale was never calibrated (this prior was trained without it). "
+                    "Fit with its weight above 0, or call model.calibrate_feature_scale(good_images) before scoring."
+                )
+                raise RuntimeError(msg)
+            parts[name] = scale * part
+        return parts
 
     def anomaly_map(self, result: InversionResult) -> torch.Tensor:
-        """Pixel anomaly map ``mean_c |M|`` (plus the weighted feature distance), ``(N, 1, H, W)``.
+        """Pixel anomaly map: ``mean_c |M|`` plus the weighted feature parts, ``(N, 1, H, W)``.
 
         No per-image normalisation: one threshold serves every image.
         """
-        mask_map, feature_part = self.map_parts(result)
-        return mask_map if feature_part is None else mask_map + self.feature_weight * feature_part
+        parts = self.map_parts(result, weighted_only=True)
+        anomaly_map = parts.pop("mask")
+        for name, (_, _, weight) in self._feature_parts().items():
+            if name in parts:
+                anomaly_map = anomaly_map + weight * parts[name]
+        return anomaly_map
 
     @torch.no_grad()
-    def calibrate_feature_scale(self, images: torch.Tensor) -> float:
-        """Match the feature distance's scale to the mask map's on defect-free ``images`` (in [0, 1]).
+    def calibrate_feature_scale(self, images: torch.Tensor) -> dict[str, float]:
+        """Match each feature part's scale to the mask map's on defect-free ``images`` (in [0, 1]).
 
-        The scale is the ratio of the two maps' 99th percentiles, both from the encoder's start with
+        A scale is the ratio of the two maps' 99th percentiles, both from the encoder's start with
         the closed-form mask (milliseconds per image): for R-RGI's maps this scale measured as well as
         one from R-RGI itself (docs/experiments.md).
 
         Returns:
-            float: The new ``feature_scale``.
+            dict[str, float]: The new scale of each feature part (``"restoration"``, ``"prior"``).
 
         Raises:
-            RuntimeError: If the model has no feature distance (``feature_weight=0``).
+            RuntimeError: If the model has no feature part.
 
         """
         if self.feature_distance is None:
-            msg = "This model has no feature distance to calibrate (feature_weight=0)."
+            msg = "This model has no feature part to calibrate (feature_weight=0 and feature_prior_weight=0)."
             raise RuntimeError(msg)
         result = self.invert(images, steps=0, mask_solver="closed_form", finetune_steps=0)
-        mask_map = self._mask_map(result)
-        feature_map = self._feature_map(result)
-        scale = mask_map.flatten().quantile(0.99) / feature_map.flatten().quantile(0.99).clamp_min(1e-6)
-        self.feature_scale.copy_(scale)
-        return float(scale)
+        mask_quantile = self._mask_map(result).flatten().quantile(0.99)
+        scales = {}
+        for name, (compute, scale, _) in self._feature_parts().items():
+            scale.copy_(mask_quantile / compute(result).flatten().quantile(0.99).clamp_min(1e-6))
+            scales[name] = float(scale)
+        return scales
 
     def predictions(self, result: InversionResult) -> InferenceBatch:
         """Anomalib's predictions from an inversion: ``anomaly_map`` (stitched) and ``pred_score`` (its maximum)."""
