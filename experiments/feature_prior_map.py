@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--method", default="rrgi", choices=sorted(METHODS))
     parser.add_argument("--variants", nargs="+", default=["cosine", "prior"], choices=["cosine", "prior"])
     parser.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0, 2.0, 4.0])
-    parser.add_argument("--prior-steps", type=int, default=2000)
+    parser.add_argument("--prior-steps", type=int, default=1000)
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

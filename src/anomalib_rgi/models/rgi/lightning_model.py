@@ -160,7 +160,7 @@ class Rgi(AnomalibModule):
             saved in the checkpoint and exported with the inversion), in the mask map's units. It sees
             foreign material on stochastic textures that no restoration shows (docs/experiments.md,
             sessions 21 and 22).
-        feature_prior_steps (int): Adam steps (8 embeddings each) that fit the feature prior.
+        feature_prior_steps (int): Adam steps (32 embeddings each) that fit the feature prior.
         feature_weights (list[float] | None): Candidate values of ``feature_weight``, and
         feature_prior_weights (list[float] | None): of ``feature_prior_weight``. With either, each
             validation of the fit keeps the pair of weights (over every combination of the candidates;
@@ -221,7 +221,7 @@ class Rgi(AnomalibModule):
         map_sigma: float = 4.0,
         feature_weight: float = 0.0,
         feature_prior_weight: float = 0.0,
-        feature_prior_steps: int = 2000,
+        feature_prior_steps: int = 1000,
         feature_weights: list[float] | None = None,
         feature_prior_weights: list[float] | None = None,
         min_sample_diversity: float = 0.2,  # noqa: ARG002  (read through self.hparams)
