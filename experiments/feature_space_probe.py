@@ -68,10 +68,10 @@ def knn_map(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
     return nearest.view(test.shape[0], *test.shape[2:])
 
 
-def train_prior(embeddings: torch.Tensor, steps: int) -> FeaturePrior:
+def train_prior(embeddings: torch.Tensor, steps: int, batch_size: int = 32) -> FeaturePrior:
     """``Rgi``'s feature prior (``feature_prior_weight > 0``), fitted on normal embeddings."""
     prior = FeaturePrior(embeddings.shape[1])
-    prior.fit(embeddings, steps)
+    prior.fit(embeddings, steps, batch_size)
     return prior.eval()
 
 
@@ -98,12 +98,30 @@ def emit(row: dict, out: Path | None) -> None:
             file.write(json.dumps(row) + "\n")
 
 
+MAPS = ("gaussian", "knn", "autoencoder", "rgi")
+
+
+def density_map(
+    name: str, prior: FeaturePrior, train: torch.Tensor, test: torch.Tensor, args: argparse.Namespace
+) -> torch.Tensor:
+    """The map ``name`` of ``MAPS`` for the test embeddings, ``(N, h, w)``."""
+    if name == "gaussian":
+        return gaussian_map(train, test)
+    if name == "knn":
+        return knn_map(train, test)
+    if name == "autoencoder":
+        return prior.residual(test)[:, 0]
+    return rgi_map(prior, prior.standardise(test), args.lam, args.rgi_steps)
+
+
 def main() -> None:
     """Print (and append to ``--out``) one row per category, input size, map and half."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--categories", nargs="+", default=["grass", "gravel", "brick"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--prior-steps", type=int, default=1000)
+    parser.add_argument("--prior-batch", type=int, default=32, help="whole embedding grids per step")
+    parser.add_argument("--maps", nargs="+", default=list(MAPS), choices=MAPS)
     parser.add_argument("--rgi-steps", type=int, default=100)
     parser.add_argument("--lam", type=float, default=1.0, help="in standardised feature units")
     parser.add_argument("--data-root", default="datasets/rgi_textures")
@@ -115,20 +133,16 @@ def main() -> None:
         halves = scoring_halves(args.data_root, category, ["validation", "test"])
         for size in args.sizes:
             train = embed(network, good, size)
-            prior = train_prior(train, args.prior_steps)
+            prior = train_prior(train, args.prior_steps, args.prior_batch)
             for half, (images, masks, defects) in halves.items():
                 test = embed(network, images, size)
-                standard = prior.standardise(test)
-                maps = {
-                    "gaussian": gaussian_map(train, test),
-                    "knn": knn_map(train, test),
-                    "autoencoder": prior.residual(test)[:, 0],
-                    "rgi": rgi_map(prior, standard, args.lam, args.rgi_steps),
-                }
-                for name, cells in maps.items():
+                for name in args.maps:
+                    cells = density_map(name, prior, train, test, args)
                     upsampled = F.interpolate(cells[:, None], size=masks.shape[-2:], mode="bilinear")
                     scores = gaussian_blur(upsampled, kernel_size=33, sigma=4.0)[:, 0].numpy()
                     row = {"category": category, "size": size, "map": name, "half": half}
+                    if name in {"autoencoder", "rgi"}:
+                        row |= {"prior_steps": args.prior_steps, "prior_batch": args.prior_batch}
                     row |= map_quality(scores, masks, defects)
                     emit(row, args.out)
 
