@@ -280,3 +280,18 @@ def test_choosing_the_weight_without_defect_masks_is_refused(tiny_data_root, tmp
     with pytest.raises(ValueError, match="no defect masks"):
         engine.fit(model=model, datamodule=good_only)
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing half-written
+
+
+def test_the_feature_prior_part_scores_tiled_inputs():
+    from anomalib_rgi.models.rgi.torch_model import RgiModel
+
+    settings = {key: value for key, value in TINY_MODEL.items() if key != "max_epochs"}
+    rgi = RgiModel(**settings, input_size=64, feature_prior_weight=1.0).eval()
+    images = torch.rand(3, 3, 64, 64)
+    with pytest.raises(RuntimeError, match="fit_feature_prior"):
+        rgi(images)
+    rgi.fit_feature_prior(images, steps=5)
+    assert rgi.calibrate_feature_scale(images).keys() == {"restoration", "prior"}
+    anomaly_map = rgi(images).anomaly_map
+    assert anomaly_map.shape == (3, 1, 64, 64)
+    assert torch.isfinite(anomaly_map).all()

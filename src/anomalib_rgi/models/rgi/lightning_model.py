@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 ARCHITECTURE_KEYS = ("image_size", "latent_stride", "latent_channels", "base_channels")
 FEATURE_MAP_STATE = ("model.feature_distance.", "model.feature_prior.", "model.feature_scale")
-FEATURE_PRIOR_IMAGES = 512  # training images the feature prior is fitted on, at most (memory: 0.6 MB each)
+FEATURE_PRIOR_TILES = 512  # training tiles the feature prior is fitted on, at most (memory: 0.6 MB each)
 
 
 class PriorDivergedError(RuntimeError):
@@ -894,7 +894,12 @@ class Rgi(AnomalibModule):
 
         """
         prior = self.model.feature_prior
-        if prior is None or prior.fitted or (images := self._training_images(FEATURE_PRIOR_IMAGES)) is None:
+        tiles_per_image = (self.model.input_size // self.model.image_size) ** 2
+        if (
+            prior is None
+            or prior.fitted
+            or (images := self._training_images(max(1, FEATURE_PRIOR_TILES // tiles_per_image))) is None
+        ):
             return False
         self.model.fit_feature_prior(images, self.hparams.feature_prior_steps)
         logger.info("Rgi: feature prior fitted on %d training images.", len(images))
@@ -1052,11 +1057,8 @@ class Rgi(AnomalibModule):
 
     @staticmethod
     def _weigh(parts: dict[str, torch.Tensor], weights: dict[str, float], device: torch.device) -> SimpleNamespace:
-        anomaly_map = parts["mask"].to(device)
-        for name, weight in (("restoration", weights["feature_weight"]), ("prior", weights["feature_prior_weight"])):
-            if weight:
-                anomaly_map = anomaly_map + weight * parts[name].to(device)
-        anomaly_map = anomaly_map.squeeze(1)  # anomalib's batches hold (N, H, W) maps
+        on_device = {name: part.to(device) for name, part in parts.items()}
+        anomaly_map = RgiModel.weigh(on_device, **weights).squeeze(1)  # anomalib's batches hold (N, H, W) maps
         return SimpleNamespace(anomaly_map=anomaly_map, pred_score=anomaly_map.flatten(1).amax(dim=1))
 
     def _weighed_dice(self, kept: list[tuple], weights: dict[str, float]) -> float:

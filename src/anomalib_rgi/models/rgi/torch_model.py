@@ -596,10 +596,14 @@ class RgiModel(nn.Module):
 
         No per-image normalisation: one threshold serves every image.
         """
-        parts = self.map_parts(result, weighted_only=True)
-        anomaly_map = parts.pop("mask")
-        for name, (_, _, weight) in self._feature_parts().items():
-            if name in parts:
+        return self.weigh(self.map_parts(result, weighted_only=True), self.feature_weight, self.feature_prior_weight)
+
+    @staticmethod
+    def weigh(parts: dict[str, torch.Tensor], feature_weight: float, feature_prior_weight: float) -> torch.Tensor:
+        """Return the anomaly map of :meth:`map_parts`' parts at these weights (parts at weight 0 may be absent)."""
+        anomaly_map = parts["mask"]
+        for name, weight in (("restoration", feature_weight), ("prior", feature_prior_weight)):
+            if weight:
                 anomaly_map = anomaly_map + weight * parts[name]
         return anomaly_map
 
