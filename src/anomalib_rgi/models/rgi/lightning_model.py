@@ -695,7 +695,7 @@ class Rgi(AnomalibModule):
         if self.model.feature_distance is None or not self.trainer.is_last_batch:
             return
         scales = self.model.calibrate_feature_scale(self._calibration_images)
-        for name, buffer in self._scale_buffers().items():
+        for name, buffer in self.model.feature_scales().items():
             buffer.copy_(self.trainer.strategy.reduce(torch.tensor(scales[name], device=self.device), reduce_op="mean"))
 
     def to_onnx(
@@ -920,7 +920,7 @@ class Rgi(AnomalibModule):
         if self.model.feature_distance is None:
             return False
         fitted_now = self._fit_feature_prior()
-        if not (fitted_now or any(torch.isnan(scale) for scale in self._scale_buffers().values())):
+        if not (fitted_now or any(torch.isnan(scale) for scale in self.model.feature_scales().values())):
             return False
         if (images := self._training_images(32)) is None:
             return False
@@ -1047,13 +1047,6 @@ class Rgi(AnomalibModule):
         self.model.feature_weight = weights["feature_weight"]
         self.model.feature_prior_weight = weights["feature_prior_weight"]
         self.hparams.update(weights)
-
-    def _scale_buffers(self) -> dict[str, torch.Tensor]:
-        """Each built feature part's scale, by the names ``calibrate_feature_scale`` returns."""
-        buffers = {"restoration": self.model.feature_scale} if self.model.feature_distance is not None else {}
-        if self.model.feature_prior is not None:
-            buffers["prior"] = self.model.feature_prior.scale
-        return buffers
 
     @staticmethod
     def _weigh(parts: dict[str, torch.Tensor], weights: dict[str, float], device: torch.device) -> SimpleNamespace:

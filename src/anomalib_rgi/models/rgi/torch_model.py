@@ -546,6 +546,10 @@ class RgiModel(nn.Module):
             parts["prior"] = (self._prior_part, self.feature_prior.scale, self.feature_prior_weight)
         return parts
 
+    def feature_scales(self) -> dict[str, torch.Tensor]:
+        """Each built feature part's scale buffer, by the part names of :meth:`map_parts`."""
+        return {name: scale for name, (_, scale, _) in self._feature_parts().items()}
+
     @torch.no_grad()
     def fit_feature_prior(self, images: torch.Tensor, steps: int = 1000) -> None:
         """Fit the :class:`FeaturePrior` on the embeddings of defect-free ``images`` (in [0, 1], any count).
