@@ -60,13 +60,14 @@ def measure(method: str, args: dict) -> dict:
     torch.set_num_threads(args["threads"])
     model = Rgi.load_from_checkpoint(args["checkpoint"], **args["map"]).eval()
     model.model.inversion.update(args["settings"])
+    # As Rgi prepares a map the prior was trained without; a calibrated checkpoint keeps its scales.
     prior = model.model.feature_prior
-    if prior is not None and not prior.fitted:
-        good = train_image_paths(args["data_root"], args["category"], limit=512)
-        model.model.fit_feature_prior(load_images(good, model.model.input_size))
-    if model.model.feature_distance is not None:
-        good = train_image_paths(args["data_root"], args["category"], limit=32)
-        model.model.calibrate_feature_scale(load_images(good, model.model.input_size))
+    fit_now = prior is not None and not prior.fitted
+    if fit_now or any(torch.isnan(scale) for scale in model.model.feature_scales().values()):
+        good = load_images(train_image_paths(args["data_root"], args["category"], limit=512), model.model.input_size)
+        if fit_now:
+            model.model.fit_feature_prior(good)
+        model.model.calibrate_feature_scale(good[:32])
     steps = model.model.inversion["steps"]
     images, masks = load_test_split(args["data_root"], args["category"], args["images"])
     batches = [batch for batch in BATCHES if batch <= len(images)]
