@@ -295,3 +295,67 @@ def test_the_feature_prior_part_scores_tiled_inputs():
     anomaly_map = rgi(images).anomaly_map
     assert anomaly_map.shape == (3, 1, 64, 64)
     assert torch.isfinite(anomaly_map).all()
+
+
+def test_the_mask_floor_keeps_only_what_exceeds_it():
+    from anomalib_rgi.models.rgi.torch_model import RgiModel
+
+    parts = {"mask": torch.tensor([0.1, 0.3, 0.7]), "prior": torch.tensor([1.0, 0.0, 2.0])}
+    floored = RgiModel.weigh(parts, feature_weight=0.0, feature_prior_weight=0.5, mask_floor=0.3)
+    torch.testing.assert_close(floored, torch.tensor([0.5, 0.0, 1.4]))
+    torch.testing.assert_close(RgiModel.weigh(parts, 0.0, 0.0), parts["mask"])  # no floor: the paper's map
+
+
+def test_validation_learns_the_mask_floor_and_its_thresholds(tiny_data_root, tmp_path):
+    engine, model, datamodule = fit_tiny(
+        tiny_data_root,
+        tmp_path,
+        feature_weight=0.5,
+        feature_prior_weights=[0.0, 8.0],
+        mask_floor_quantile=0.75,
+        feature_prior_steps=20,
+    )
+    floor = model.model.mask_floor
+    assert floor > 0
+    assert model.hparams.mask_floor == floor
+    kept = Rgi.kept_validation(engine.trainer.checkpoint_callback.best_model_path)
+    assert kept["mask_floor"] == floor
+    # The floor is the quantile of the mask map on the good validation images, scored again from the checkpoint.
+    loaded = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path)
+    assert loaded.model.mask_floor == floor
+    good = torch.stack([item.image for item in datamodule.val_data if item.gt_label == 0])
+    with torch.no_grad():
+        masks = loaded.model.map_parts(loaded.model.invert(loaded.pre_processor(good)))["mask"]
+    assert floor == pytest.approx(float(masks.flatten().quantile(0.75)), rel=0.02)
+    # Its thresholds and Dice are those anomalib's validation gives with the floor.
+    validated = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
+    dice = validated.validate(model=loaded, datamodule=datamodule)[0]["val_pixel_F1Max"]
+    assert kept["val_pixel_F1Max"] == pytest.approx(dice, abs=1e-4)
+    assert float(model.post_processor.pixel_threshold) == pytest.approx(
+        float(loaded.post_processor.pixel_threshold), rel=1e-4
+    )
+
+
+@pytest.mark.parametrize("quantile", [-0.1, 1.0])
+def test_a_bad_mask_floor_quantile_is_refused(quantile):
+    with pytest.raises(ValueError, match="mask_floor_quantile must be in"):
+        Rgi(**TINY_MODEL, mask_floor_quantile=quantile)
+    with pytest.raises(ValueError, match="mask_floor must be"):
+        Rgi(**TINY_MODEL, mask_floor=-1.0)
+
+
+def test_the_mask_floor_needs_good_validation_images():
+    parts = {"mask": torch.rand(2, 1, 4, 4)}
+    with pytest.raises(ValueError, match="the validation set has none"):
+        Rgi._good_mask_level([(parts, torch.ones(2, 4, 4), torch.ones(2, dtype=torch.bool))], 0.9)
+
+
+def test_a_prior_fitted_without_the_floor_is_scored_with_one_only_when_set(fitted_with_features, tmp_path):
+    engine, _, datamodule = fitted_with_features
+    checkpoint = engine.trainer.checkpoint_callback.best_model_path
+    tester = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
+    unlearned = Rgi.load_from_checkpoint(checkpoint, mask_floor_quantile=0.9)
+    with pytest.raises(ValueError, match="fitted without it"):
+        tester.test(model=unlearned, datamodule=datamodule)
+    floored = Rgi.load_from_checkpoint(checkpoint, mask_floor_quantile=0.9, mask_floor=0.05)
+    assert tester.test(model=floored, datamodule=datamodule)[0]["pixel_AUROC"] > 0

@@ -170,6 +170,15 @@ class Rgi(AnomalibModule):
             weights that suit a part differ: the restoration part on brick, the feature prior on grass
             (docs/experiments.md, session 22). Needs validation images with defect masks, like
             ``select_epoch_every``.
+        mask_floor (float): The mask map counts only above this level (0: all of it, the paper's
+            map). Learned by the fit with ``mask_floor_quantile``; set it by hand to score a prior
+            trained without it.
+        mask_floor_quantile (float): Above 0: each validation of the fit sets ``mask_floor`` to this
+            quantile of the mask map on the defect-free validation images, before the weights are
+            chosen and the thresholds learned. With a feature part carrying the defects, the mask's
+            level on normal texture is noise: on grass 0.9 kept the feature prior's pixel AUROC and
+            raised Dice by 0.03-0.05 (docs/experiments.md, session 23). Needs defect-free
+            validation images.
         min_sample_diversity (float): Training stops with :class:`ModeCollapseError`, before that
             epoch's checkpoint is written, when the epoch mean of :func:`sample_diversity` stays below
             this (0 switches the check off). Trained priors measure 0.9 to 1.1, fresh ones 1.2 to
@@ -224,6 +233,8 @@ class Rgi(AnomalibModule):
         feature_prior_steps: int = 1000,
         feature_weights: list[float] | None = None,
         feature_prior_weights: list[float] | None = None,
+        mask_floor: float = 0.0,
+        mask_floor_quantile: float = 0.0,
         min_sample_diversity: float = 0.2,  # noqa: ARG002  (read through self.hparams)
         collapse_patience: int = 20,
         select_epoch_every: int = 0,
@@ -253,6 +264,11 @@ class Rgi(AnomalibModule):
                     f"{name}: candidate weights chosen on validation, a non-empty list none below 0; got {candidates}."
                 )
                 raise ValueError(msg)
+        if not 0 <= mask_floor_quantile < 1:
+            msg = (
+                f"mask_floor_quantile must be in [0, 1) (0: the mask floor is not learned), got {mask_floor_quantile}."
+            )
+            raise ValueError(msg)
         if feature_prior_steps < 1:
             msg = f"feature_prior_steps must be at least 1, got {feature_prior_steps}."
             raise ValueError(msg)
@@ -284,6 +300,7 @@ class Rgi(AnomalibModule):
             map_sigma=map_sigma,
             feature_weight=feature_weight,
             feature_prior_weight=feature_prior_weight,
+            mask_floor=mask_floor,
             feature_parts=feature_weights is not None or feature_prior_weights is not None,
             input_size=input_size,
         )
@@ -298,7 +315,7 @@ class Rgi(AnomalibModule):
         self._kept_validation: dict[str, float] | None = None  # the final prior's epoch and validation score
         self._calibration_images: torch.Tensor | None = None  # defect-free crops for the feature map's scale
         self._validation_parts: list[tuple[torch.Tensor, ...]] = []  # map parts of a fit's validation, to weigh
-        self._weight_choice: dict[str, float] | None = None  # this validation's chosen weights and their Dice
+        self._validation_choice: dict[str, float] | None = None  # this validation's map settings and their Dice
 
     def setup(self, stage: str) -> None:
         """Let Lightning's DDP train the GAN.
@@ -437,7 +454,7 @@ class Rgi(AnomalibModule):
         if self.hparams.select_epoch_every and (self.current_epoch + 1) % self.hparams.select_epoch_every == 0:
             self._keep_best_epoch(last_epoch)
         elif last_epoch and (score := self._epoch_validation_dice()) is not None:
-            self._kept_validation = {"epoch": self.current_epoch, "val_pixel_F1Max": score, **self._feature_weights()}
+            self._kept_validation = {"epoch": self.current_epoch, "val_pixel_F1Max": score, **self._map_settings()}
 
     def _epoch_validation_dice(self) -> float | None:
         """Return the epoch's ``val_pixel_F1Max`` (its validation ran before ``on_train_epoch_end``).
@@ -445,8 +462,8 @@ class Rgi(AnomalibModule):
         None when there is none or it is 0: a validation set without defect masks scores 0.
         """
         score = self.trainer.callback_metrics.get("val_pixel_F1Max")
-        if self._weight_choice is not None:
-            score = self._weight_choice["val_pixel_F1Max"]
+        if self._validation_choice is not None:
+            score = self._validation_choice["val_pixel_F1Max"]
         if score is None or not math.isfinite(float(score)) or float(score) <= 0:
             return None
         return float(score)
@@ -476,7 +493,7 @@ class Rgi(AnomalibModule):
                 "epoch": self.current_epoch,
                 "score": score,
                 "state": state,
-                "feature_weights": self._feature_weights(),
+                "map_settings": self._map_settings(),
             }
         logger.info(
             "Rgi: epoch %d validates at val_pixel_F1Max %.3f (best so far: epoch %d, %.3f).",
@@ -497,9 +514,9 @@ class Rgi(AnomalibModule):
                 score,
             )
             self.load_state_dict(best["state"])
-            self._set_feature_weights(best.get("feature_weights", self._feature_weights()))
+            self._set_map_settings(best.get("map_settings", self._map_settings()))
         self.log("selected_epoch", float(best["epoch"]))
-        self._kept_validation = {"epoch": best["epoch"], "val_pixel_F1Max": best["score"], **self._feature_weights()}
+        self._kept_validation = {"epoch": best["epoch"], "val_pixel_F1Max": best["score"], **self._map_settings()}
         self._best_epoch = None  # the final checkpoint IS the best epoch; no second copy in it
 
     @classmethod
@@ -527,10 +544,11 @@ class Rgi(AnomalibModule):
 
         Returns:
             dict[str, float] | None: ``{"epoch", "val_pixel_F1Max", "feature_weight",
-            "feature_prior_weight"}`` of the epoch the checkpoint holds (the best-validating one with
-            ``select_epoch_every``; the weights it scores with, chosen with ``feature_weights`` or
-            ``feature_prior_weights``), or None when its validation had no defect masks to score or the
-            fit predates the record.
+            "feature_prior_weight", "mask_floor"}`` of the epoch the checkpoint holds (the
+            best-validating one with ``select_epoch_every``; the map settings it scores with, chosen
+            with ``feature_weights`` or ``feature_prior_weights`` and learned with
+            ``mask_floor_quantile``; fits before session 23 lack ``mask_floor``), or None when its
+            validation had no defect masks to score or the fit predates the record.
 
         """
         return cls._read_checkpoint(checkpoint_path).get("rgi_kept_validation")
@@ -928,6 +946,21 @@ class Rgi(AnomalibModule):
         logger.info("Rgi: feature parts calibrated on %d training images (scales %s).", len(images), scales)
         return True
 
+    def _refuse_unlearned_mask_floor(self) -> None:
+        """Refuse to score outside a fit with ``mask_floor_quantile`` but no learned floor.
+
+        Raises:
+            ValueError: If the floor was never learned (the prior's fit had no ``mask_floor_quantile``).
+
+        """
+        if self.trainer.state.fn == TrainerFn.FITTING or not self.hparams.mask_floor_quantile or self.model.mask_floor:
+            return
+        msg = (
+            "mask_floor_quantile learns the mask floor while fitting, and this prior was fitted without it: set "
+            "--model.mask_floor to a level of its mask map on good images (e.g. the 0.9 quantile) or refit."
+        )
+        raise ValueError(msg)
+
     def _relearn_thresholds(self) -> None:
         """Learn the thresholds and normalisation again on the validation images, as ``validate`` would.
 
@@ -964,111 +997,147 @@ class Rgi(AnomalibModule):
 
     def on_validation_start(self) -> None:
         """Calibrate the feature map if the prior was trained without it (validation then learns thresholds)."""
+        self._refuse_unlearned_mask_floor()
         self._calibrate_from_training_data()
 
     def on_test_start(self) -> None:
         """Calibrate the feature map if the prior was trained without it, and learn its thresholds."""
+        self._refuse_unlearned_mask_floor()
         if self._calibrate_from_training_data():
             self._relearn_thresholds()
 
     def on_predict_start(self) -> None:
         """Calibrate the feature map if the prior was trained without it, and learn its thresholds."""
+        self._refuse_unlearned_mask_floor()
         if self._calibrate_from_training_data():
             self._relearn_thresholds()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score validation images; the post-processor learns thresholds from them.
 
-        When weights are chosen (``feature_weights``, ``feature_prior_weights``), a fit's validation
-        also keeps the parts of each map, to weigh.
+        When the fit learns the map's settings on validation (``feature_weights``,
+        ``feature_prior_weights``, ``mask_floor_quantile``), it also keeps the parts of each map.
         """
         del args, kwargs
         result: InversionResult = self.model.invert(batch.image)
-        if self._candidate_weights() and self.trainer.state.fn == TrainerFn.FITTING:
+        if self._learns_map_settings() and self.trainer.state.fn == TrainerFn.FITTING:
             with torch.autocast(self.device.type, enabled=False):
                 parts = {name: self.model.untile(part).cpu() for name, part in self.model.map_parts(result).items()}
             self._validation_parts.append((parts, batch.gt_mask, batch.gt_label))
         return self._fill(batch, result)
 
     def on_validation_epoch_end(self) -> None:
-        """When weights are chosen: keep the pair whose map validates best, and learn its thresholds.
+        """Learn the map's settings on a fit's validation: the mask floor, then the best-validating weights.
 
         Runs after the callbacks' epoch end (anomalib's post-processor and evaluator), so the
-        thresholds are learned again here, from the kept parts, when the weights change.
+        thresholds are learned again here, from the kept parts, when the settings change.
 
         Raises:
-            ValueError: If the validation images have no defect masks to choose the weights with.
+            ValueError: If the validation images have no defect masks to choose the weights with, or no
+                defect-free images to learn the mask floor on.
 
         """
         if not self._validation_parts:
             return
         kept, self._validation_parts = self._validation_parts, []
-        if any(gt_mask is None for _, gt_mask, _ in kept) or not any(gt_mask.any() for _, gt_mask, _ in kept):
+        masked = all(gt_mask is not None for _, gt_mask, _ in kept) and any(gt_mask.any() for _, gt_mask, _ in kept)
+        candidates = self._candidate_weights()
+        if candidates and not masked:
             msg = (
                 "feature_weights / feature_prior_weights choose the feature parts' weights by validation Dice, "
                 "but the validation images have no defect masks: give the datamodule defective validation images "
                 "with masks (val_split_mode 'from_test'), or set the weights yourself (no candidates)."
             )
             raise ValueError(msg)
-        candidates = self._candidate_weights()
-        dice = [self._weighed_dice(kept, weights) for weights in candidates]
-        best = max(range(len(candidates)), key=dice.__getitem__)
+        settings = self._map_settings()
+        if self.hparams.mask_floor_quantile:
+            settings["mask_floor"] = self._good_mask_level(kept, self.hparams.mask_floor_quantile)
+        options = [settings | weights for weights in candidates] or [settings]
+        dice = [self._weighed_dice(kept, option) for option in options] if masked else [math.nan]
+        best = max(range(len(options)), key=dice.__getitem__)
         # Each process has scored its share of the images: all keep process 0's choice, and its Dice
         # chooses the epoch in every process alike.
-        best, score = self.trainer.strategy.broadcast((best, dice[best]))
-        self._weight_choice = {"val_pixel_F1Max": score, **candidates[best]}
-        self.log_dict({name: float(weight) for name, weight in candidates[best].items()})
-        logger.info(
-            "Rgi: validation Dice per (feature_weight, feature_prior_weight) %s; keeping %s.",
-            {tuple(weights.values()): round(value, 4) for weights, value in zip(candidates, dice, strict=True)},
-            tuple(candidates[best].values()),
-        )
-        if candidates[best] != self._feature_weights():
-            self._set_feature_weights(candidates[best])
+        settings, score = self.trainer.strategy.broadcast((options[best], dice[best]))
+        if masked:
+            self._validation_choice = {"val_pixel_F1Max": score, **settings}
+        self.log_dict({name: float(value) for name, value in settings.items()})
+        if candidates:
+            logger.info(
+                "Rgi: validation Dice per (feature_weight, feature_prior_weight) %s; keeping %s.",
+                {
+                    (option["feature_weight"], option["feature_prior_weight"]): round(value, 4)
+                    for option, value in zip(options, dice, strict=True)
+                },
+                (settings["feature_weight"], settings["feature_prior_weight"]),
+            )
+        if settings != self._map_settings():
+            self._set_map_settings(settings)
             self._learn_thresholds_from(kept)
+
+    def _learns_map_settings(self) -> bool:
+        return bool(self._candidate_weights() or self.hparams.mask_floor_quantile)
+
+    @staticmethod
+    def _good_mask_level(kept: list[tuple], quantile: float) -> float:
+        """Return the ``quantile`` of the mask map over the pixels of the defect-free kept validation images."""
+        good = [parts["mask"][gt_label.cpu() == 0] for parts, _, gt_label in kept if gt_label is not None]
+        values = torch.cat([part.flatten() for part in good]) if good else torch.empty(0)
+        if not values.numel():
+            msg = (
+                "mask_floor_quantile learns the mask floor on the defect-free validation images, but the "
+                "validation set has none: give the datamodule good validation images, or set mask_floor yourself "
+                "(mask_floor_quantile 0)."
+            )
+            raise ValueError(msg)
+        return float(values.kthvalue(max(1, math.ceil(quantile * values.numel()))).values)
 
     def _candidate_weights(self) -> list[dict[str, float]]:
         """Every combination of the candidate weights; empty when no weight is chosen on validation."""
         restoration, prior = self.hparams.feature_weights, self.hparams.feature_prior_weights
         if restoration is None and prior is None:
             return []
-        current = self._feature_weights()
+        current = self._map_settings()
         return [
             {"feature_weight": restoration_weight, "feature_prior_weight": prior_weight}
             for restoration_weight in restoration or [current["feature_weight"]]
             for prior_weight in prior or [current["feature_prior_weight"]]
         ]
 
-    def _feature_weights(self) -> dict[str, float]:
-        return {"feature_weight": self.model.feature_weight, "feature_prior_weight": self.model.feature_prior_weight}
+    def _map_settings(self) -> dict[str, float]:
+        model = self.model
+        return {
+            "feature_weight": model.feature_weight,
+            "feature_prior_weight": model.feature_prior_weight,
+            "mask_floor": model.mask_floor,
+        }
 
-    def _set_feature_weights(self, weights: dict[str, float]) -> None:
-        """Score with ``weights`` from now on; the checkpoint's hyperparameters record them."""
-        self.model.feature_weight = weights["feature_weight"]
-        self.model.feature_prior_weight = weights["feature_prior_weight"]
-        self.hparams.update(weights)
+    def _set_map_settings(self, settings: dict[str, float]) -> None:
+        """Score with these map settings from now on; the checkpoint's hyperparameters record them."""
+        for name, value in settings.items():
+            setattr(self.model, name, value)
+        self.hparams.update(settings)
 
     @staticmethod
-    def _weigh(parts: dict[str, torch.Tensor], weights: dict[str, float], device: torch.device) -> SimpleNamespace:
+    def _weigh(parts: dict[str, torch.Tensor], settings: dict[str, float], device: torch.device) -> SimpleNamespace:
         on_device = {name: part.to(device) for name, part in parts.items()}
-        anomaly_map = RgiModel.weigh(on_device, **weights).squeeze(1)  # anomalib's batches hold (N, H, W) maps
+        anomaly_map = RgiModel.weigh(on_device, **settings).squeeze(1)  # anomalib's batches hold (N, H, W) maps
         return SimpleNamespace(anomaly_map=anomaly_map, pred_score=anomaly_map.flatten(1).amax(dim=1))
 
-    def _weighed_dice(self, kept: list[tuple], weights: dict[str, float]) -> float:
-        """``val_pixel_F1Max`` of the map the ``weights`` give, on the kept validation parts."""
+    def _weighed_dice(self, kept: list[tuple], settings: dict[str, float]) -> float:
+        """``val_pixel_F1Max`` of the map the ``settings`` give, on the kept validation parts."""
         dice = F1Max(fields=["anomaly_map", "gt_mask"])
         for parts, gt_mask, _ in kept:
-            weighed = self._weigh(parts, weights, torch.device("cpu"))
+            weighed = self._weigh(parts, settings, torch.device("cpu"))
             dice.update(SimpleNamespace(anomaly_map=weighed.anomaly_map, gt_mask=gt_mask.cpu()))
         return float(dice.compute())
 
     def _learn_thresholds_from(self, kept: list[tuple]) -> None:
-        """Learn the post-processor's thresholds and normalisation from kept parts at the model's weights."""
+        """Learn the post-processor's thresholds and normalisation from kept parts at the model's settings."""
         post_processor = self.post_processor
         if not isinstance(post_processor, PostProcessor):
             return
         for parts, gt_mask, gt_label in kept:
-            weighed = self._weigh(parts, self._feature_weights(), self.device)
+            weighed = self._weigh(parts, self._map_settings(), self.device)
             post_processor.on_validation_batch_end(
                 self.trainer, self, SimpleNamespace(**vars(weighed), gt_mask=gt_mask, gt_label=gt_label)
             )

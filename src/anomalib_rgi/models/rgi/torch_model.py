@@ -350,6 +350,9 @@ class RgiModel(nn.Module):
             residual of a :class:`FeaturePrior` of normal features, read at a network input twice
             ``image_size`` (fitted by :meth:`fit_feature_prior`). Both weights 0: the mask alone, the
             paper's map. Each part's scale is matched to the mask map's by :meth:`calibrate_feature_scale`.
+        mask_floor (float): The mask map counts only by how much it exceeds this level (0: all of it,
+            the paper's map): the level the mask reaches on defect-free images is noise that costs
+            pixel AUROC once a feature part carries the defects (``Rgi`` learns it on validation).
         feature_parts (bool): Build both feature parts even at weight 0, for weights chosen later
             (``Rgi``'s ``feature_weights``); parts at weight 0 are not computed by :meth:`anomaly_map`.
         input_size (int | None): Side of the images this model scores (``None``: ``image_size``).
@@ -379,6 +382,7 @@ class RgiModel(nn.Module):
         map_sigma: float = 4.0,
         feature_weight: float = 0.0,
         feature_prior_weight: float = 0.0,
+        mask_floor: float = 0.0,
         feature_parts: bool = False,
         input_size: int | None = None,
     ) -> None:
@@ -391,6 +395,9 @@ class RgiModel(nn.Module):
             if not weight >= 0:
                 msg = f"{name} must be 0 (the mask alone) or positive, got {weight}."
                 raise ValueError(msg)
+        if not mask_floor >= 0:
+            msg = f"mask_floor must be 0 (the whole mask map) or positive, got {mask_floor}."
+            raise ValueError(msg)
         features = feature_parts or feature_weight > 0 or feature_prior_weight > 0
         if features and image_channels not in {1, 3}:
             msg = (
@@ -422,6 +429,7 @@ class RgiModel(nn.Module):
         self.blur = GaussianBlur2d(sigma=map_sigma, channels=1) if map_sigma > 0 else None
         self.feature_weight = feature_weight
         self.feature_prior_weight = feature_prior_weight
+        self.mask_floor = mask_floor
         self.feature_distance = FeatureDistance() if features else None
         self.feature_prior = None
         if feature_parts or feature_prior_weight > 0:
@@ -575,7 +583,8 @@ class RgiModel(nn.Module):
         Returns:
             dict[str, torch.Tensor]: ``"mask"``, the mask map ``mean_c |M|``, and the built feature
             parts, ``"restoration"`` and ``"prior"``, in the mask map's units (their scales applied).
-            The anomaly map is ``mask + feature_weight * restoration + feature_prior_weight * prior``.
+            The anomaly map is ``max(mask - mask_floor, 0) + feature_weight * restoration +
+            feature_prior_weight * prior``.
 
         Raises:
             RuntimeError: If a feature part's scale was never calibrated.
@@ -596,16 +605,19 @@ class RgiModel(nn.Module):
         return parts
 
     def anomaly_map(self, result: InversionResult) -> torch.Tensor:
-        """Pixel anomaly map: ``mean_c |M|`` plus the weighted feature parts, ``(N, 1, H, W)``.
+        """Pixel anomaly map: ``mean_c |M|`` above ``mask_floor`` plus the weighted feature parts, ``(N, 1, H, W)``.
 
         No per-image normalisation: one threshold serves every image.
         """
-        return self.weigh(self.map_parts(result, weighted_only=True), self.feature_weight, self.feature_prior_weight)
+        parts = self.map_parts(result, weighted_only=True)
+        return self.weigh(parts, self.feature_weight, self.feature_prior_weight, self.mask_floor)
 
     @staticmethod
-    def weigh(parts: dict[str, torch.Tensor], feature_weight: float, feature_prior_weight: float) -> torch.Tensor:
-        """Return the anomaly map of :meth:`map_parts`' parts at these weights (parts at weight 0 may be absent)."""
-        anomaly_map = parts["mask"]
+    def weigh(
+        parts: dict[str, torch.Tensor], feature_weight: float, feature_prior_weight: float, mask_floor: float = 0.0
+    ) -> torch.Tensor:
+        """Return the anomaly map of :meth:`map_parts`' parts at these settings (parts at weight 0 may be absent)."""
+        anomaly_map = (parts["mask"] - mask_floor).clamp(min=0) if mask_floor else parts["mask"]
         for name, weight in (("restoration", feature_weight), ("prior", feature_prior_weight)):
             if weight:
                 anomaly_map = anomaly_map + weight * parts[name]
