@@ -228,9 +228,14 @@ def test_bad_feature_prior_settings_are_refused(settings, message):
         Rgi(**TINY_MODEL, feature_weight=0.5, **settings)
 
 
-def test_the_feature_prior_exports_and_matches_torch(fitted_with_feature_prior, tmp_path):
+@pytest.mark.parametrize("mask_floor", [0.0, 0.02])
+def test_the_feature_prior_exports_and_matches_torch(fitted_with_feature_prior, tmp_path, mask_floor):
     _, model, _ = fitted_with_feature_prior
-    exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path, steps=0, mask_solver="closed_form")
+    model.model.mask_floor = mask_floor
+    try:
+        exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path, steps=0, mask_solver="closed_form")
+    finally:
+        model.model.mask_floor = 0.0
     np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)
 
 
