@@ -266,6 +266,8 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
         for name, weight in zip(("feature map", "feature prior"), weights, strict=True)
         if weight
     )
+    if job == "rgi" and model.model.mask_floor:
+        suffix += f", mask above {model.model.mask_floor:.3g}"
     rows = []
     own_settings = dict(model.model.inversion) if job == "rgi" else {}
     for variant, settings in variants.items():

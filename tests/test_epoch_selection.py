@@ -52,6 +52,7 @@ def test_the_best_validated_epoch_is_kept_in_memory_and_on_disk(tiny_data_root, 
         "val_pixel_F1Max": scores[kept],
         "feature_weight": 0.0,
         "feature_prior_weight": 0.0,
+        "mask_floor": 0.0,
     }
 
 
@@ -70,6 +71,7 @@ def test_without_selection_the_checkpoint_records_the_last_epochs_validation(tin
         "val_pixel_F1Max": pytest.approx(float(engine.trainer.callback_metrics["val_pixel_F1Max"])),
         "feature_weight": 0.0,
         "feature_prior_weight": 0.0,
+        "mask_floor": 0.0,
     }
     assert 0 < kept["val_pixel_F1Max"] <= 1
 
