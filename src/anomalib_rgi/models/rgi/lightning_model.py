@@ -1050,8 +1050,13 @@ class Rgi(AnomalibModule):
             )
             raise ValueError(msg)
         settings = self._map_settings()
-        if self.hparams.mask_floor_quantile:
-            settings["mask_floor"] = self._good_mask_level(kept, self.hparams.mask_floor_quantile)
+        if quantile := self.hparams.mask_floor_quantile:
+            settings["mask_floor"] = self._good_mask_level(kept, quantile)
+            logger.info(
+                "Rgi: mask floor %.4g (the %g quantile on the good validation images).",
+                settings["mask_floor"],
+                quantile,
+            )
         options = [settings | weights for weights in candidates] or [settings]
         dice = [self._weighed_dice(kept, option) for option in options] if masked else [math.nan]
         best = max(range(len(options)), key=dice.__getitem__)
