@@ -113,7 +113,9 @@ def examples_figure(maps: dict[str, dict[str, dict]], out: Path) -> None:
             if column < len(panels):
                 title, picture, colours = panels[column]
                 axis.imshow(picture, cmap=colours)
-                axis.set_title(textwrap.fill(title, 24) if row == 0 else "", fontsize=6)  # long names overlap
+                # a model's name can differ per category (its prior's kept settings): label each category's first row
+                first_of_category = row == 0 or lines[row - 1][0] != category
+                axis.set_title(textwrap.fill(title, 24) if first_of_category else "", fontsize=6)
         axes[row][0].text(-8, 64, category, rotation=90, va="center", ha="right", fontsize=7)
     figure.tight_layout()
     figure.savefig(out / "examples.png", dpi=110)
