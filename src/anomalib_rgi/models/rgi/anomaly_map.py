@@ -1,0 +1,237 @@
+"""The pixel anomaly map: RGI's mask, optionally above a floor, plus at most one weighted ImageNet-feature part.
+
+The paper's map is the mask alone, ``mean_c |M|`` (smoothed here by a Gaussian of ``sigma`` pixels).
+Two parts read ImageNet features (:mod:`~anomalib_rgi.models.rgi.feature_parts`) and can be added to it:
+
+- ``"mask+feature_distance"``: plus the distance between the ImageNet features of the input and of
+  the prior's image at the inversion's starting latent (not the final restoration: the steps, and
+  R-RGI's fine-tuning above all, learn part of a defect);
+- ``"mask+feature_prior"``: plus the residual of a generative prior of normal ImageNet features;
+- ``"best_on_validation"``: each validation of the fit keeps whichever of the three (and whichever
+  candidate weight) scores the highest validation Dice.
+
+Each feature part is brought to the mask map's units by a scale calibrated on defect-free images, so
+one weight means the same on every prior. The mask may count only above a floor learned on the good
+validation images: where a feature part carries the defects, the mask's level on normal texture is noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components import GaussianBlur2d
+from torch import nn
+
+from .feature_parts import FeatureDistance, FeaturePrior
+from .inversion import InversionResult, is_tracing
+
+MapKind = Literal["mask", "mask+feature_distance", "mask+feature_prior", "best_on_validation"]
+MAP_KINDS: tuple[str, ...] = get_args(MapKind)
+FEATURE_PARTS = ("feature_distance", "feature_prior")
+MapSettings = dict[str, float]  # {"feature_distance": weight, "feature_prior": weight, "mask_floor": level}
+
+
+def map_kind(settings: MapSettings) -> str:
+    """Name the map that ``settings`` give (``"mask"`` when no feature part has a weight)."""
+    weighted = [part for part in FEATURE_PARTS if settings.get(part)]
+    return "+".join(["mask", *weighted])
+
+
+def weigh(parts: dict[str, torch.Tensor], settings: MapSettings) -> torch.Tensor:
+    """Return the anomaly map of :meth:`AnomalyMap.parts`' parts at these settings.
+
+    ``max(mask - mask_floor, 0) + sum(weight * part)``; parts at weight 0 may be absent from ``parts``.
+    """
+    floor = settings.get("mask_floor", 0.0)
+    anomaly_map = (parts["mask"] - floor).clamp(min=0) if floor else parts["mask"]
+    for name in FEATURE_PARTS:
+        if weight := settings.get(name, 0.0):
+            anomaly_map = anomaly_map + weight * parts[name]
+    return anomaly_map
+
+
+class AnomalyMap(nn.Module):
+    """Compute the pixel anomaly map of an inversion, and prepare its feature parts.
+
+    Args:
+        kind (MapKind): Which map (see the module docstring).
+        feature_weight (float | list[float]): Weight of the feature part in the mask map's units; a list
+            gives the candidates validation chooses from. Unused by ``"mask"``.
+        sigma (float): Gaussian smoothing of every part in pixels (0: none).
+        image_size (int): Side of the prior's images (the feature prior reads them at twice this).
+        image_channels (int): Channels of the images (the feature parts read 1 or 3).
+        learn_floor (bool): The mask floor is learned on validation (until then it is NaN and scoring
+            refuses); otherwise it is 0.
+
+    Raises:
+        ValueError: On an unknown kind, a negative or empty weight, or images the feature parts cannot read.
+
+    """
+
+    def __init__(
+        self,
+        kind: MapKind = "mask",
+        feature_weight: float | list[float] = 0.5,
+        sigma: float = 4.0,
+        image_size: int = 128,
+        image_channels: int = 3,
+        learn_floor: bool = False,
+    ) -> None:
+        super().__init__()
+        if kind not in MAP_KINDS:
+            msg = f"anomaly_map must be one of {MAP_KINDS}, got {kind!r}."
+            raise ValueError(msg)
+        weights = list(feature_weight) if isinstance(feature_weight, list | tuple) else [feature_weight]
+        if not weights or not all(isinstance(weight, int | float) and weight > 0 for weight in weights):
+            msg = (
+                "feature_weight must be a positive number, or a non-empty list of them (candidates chosen on "
+                f"validation), got {feature_weight!r}."
+            )
+            raise ValueError(msg)
+        if kind == "mask" and len(weights) > 1:
+            msg = "anomaly_map 'mask' has no feature part to weigh: give one feature_weight or another map."
+            raise ValueError(msg)
+        uses = {part: kind in {f"mask+{part}", "best_on_validation"} for part in FEATURE_PARTS}
+        if any(uses.values()) and image_channels not in {1, 3}:
+            msg = f"The ImageNet-feature parts read grey or RGB images, not {image_channels} channels: use map 'mask'."
+            raise ValueError(msg)
+        self.kind = kind
+        self.learn_floor = learn_floor
+        self.image_size = image_size
+        self.blur = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else None
+        self.feature_distance = FeatureDistance() if any(uses.values()) else None  # the prior reads its embedding
+        self.feature_prior = None
+        if uses["feature_prior"]:
+            self.feature_prior = FeaturePrior(sum(self.feature_distance.features.feature_info.channels()))
+        fixed = [part for part, used in uses.items() if used and kind != "best_on_validation"]
+        if kind == "best_on_validation":
+            self.candidates = [dict.fromkeys(FEATURE_PARTS, 0.0)] + [
+                {other: weight if other == part else 0.0 for other in FEATURE_PARTS}
+                for part in FEATURE_PARTS
+                for weight in weights
+            ]
+        elif fixed and len(weights) > 1:
+            self.candidates = [{part: weight if part in fixed else 0.0 for part in FEATURE_PARTS} for weight in weights]
+        else:
+            self.candidates = []
+        start = (
+            self.candidates[0]
+            if self.candidates
+            else {part: weights[0] if part in fixed else 0.0 for part in FEATURE_PARTS}
+        )
+        self.settings: MapSettings = {**start, "mask_floor": float("nan") if learn_floor else 0.0}
+        # The settings in the checkpoint: the chosen weights and learned floor travel with the weights.
+        self.register_buffer("saved_settings", self._settings_tensor())
+        self.register_load_state_dict_post_hook(_read_saved_settings)
+
+    def _settings_tensor(self) -> torch.Tensor:
+        return torch.tensor([self.settings[name] for name in (*FEATURE_PARTS, "mask_floor")], dtype=torch.float64)
+
+    def set_settings(self, settings: MapSettings) -> None:
+        """Score with these weights and floor from now on (and save them with the model)."""
+        self.settings = {name: float(settings[name]) for name in (*FEATURE_PARTS, "mask_floor")}
+        self.saved_settings.copy_(self._settings_tensor())
+
+    @property
+    def learns_settings(self) -> bool:
+        """Whether a fit's validation chooses a weight or learns the floor."""
+        return bool(self.candidates) or self.learn_floor
+
+    def _smooth(self, part: torch.Tensor) -> torch.Tensor:
+        return self.blur(part) if self.blur is not None else part
+
+    def mask_part(self, result: InversionResult) -> torch.Tensor:
+        """Return the paper's map: ``mean_c |M|``, smoothed, ``(N, 1, H, W)``."""
+        return self._smooth(result.mask.abs().mean(dim=1, keepdim=True))
+
+    def _distance_part(self, result: InversionResult) -> torch.Tensor:
+        return self._smooth(self.feature_distance((result.target + 1) / 2, (result.start.clamp(-1, 1) + 1) / 2))
+
+    def _prior_part(self, result: InversionResult) -> torch.Tensor:
+        if not is_tracing() and not self.feature_prior.fitted:
+            msg = (
+                "The feature prior was never fitted (this prior was trained without it). Fit with anomaly_map "
+                "'mask+feature_prior' or 'best_on_validation', or call fit_feature_prior(good_images) before scoring."
+            )
+            raise RuntimeError(msg)
+        images = (result.target + 1) / 2
+        residual = self.feature_prior.residual(self.feature_distance.embed(images, 2 * self.image_size))
+        return self._smooth(F.interpolate(residual, size=images.shape[-2:], mode="bilinear", align_corners=False))
+
+    def _feature_parts(self) -> dict[str, tuple[Callable[[InversionResult], torch.Tensor], torch.Tensor]]:
+        """Each built feature part: how it is computed and its scale buffer."""
+        parts = {}
+        if self.feature_distance is not None:
+            parts["feature_distance"] = (self._distance_part, self.feature_distance.scale)
+        if self.feature_prior is not None:
+            parts["feature_prior"] = (self._prior_part, self.feature_prior.scale)
+        return parts
+
+    def scales(self) -> dict[str, torch.Tensor]:
+        """Each built feature part's scale buffer (mask-map units per unit of the part)."""
+        return {name: scale for name, (_, scale) in self._feature_parts().items()}
+
+    def parts(self, result: InversionResult, weighted_only: bool = False) -> dict[str, torch.Tensor]:
+        """Return the parts of the map, each ``(N, 1, H, W)``, the feature parts in the mask map's units.
+
+        Args:
+            result (InversionResult): An inversion.
+            weighted_only (bool): Leave out the feature parts whose current weight is 0.
+
+        Raises:
+            RuntimeError: If a feature part was never calibrated or the feature prior never fitted.
+
+        """
+        parts = {"mask": self.mask_part(result)}
+        for name, (compute, scale) in self._feature_parts().items():
+            if weighted_only and not self.settings[name]:
+                continue
+            part = compute(result)  # first: an unfitted feature prior says so
+            if not is_tracing() and torch.isnan(scale):
+                msg = (
+                    f"The {name} part's scale was never calibrated (this prior was trained without it). Fit with "
+                    "this anomaly_map, or call calibrate_feature_scale(good_images) before scoring."
+                )
+                raise RuntimeError(msg)
+            parts[name] = scale * part
+        return parts
+
+    def forward(self, result: InversionResult) -> torch.Tensor:
+        """Return the anomaly map at the current settings, ``(N, 1, H, W)``; no per-image normalisation.
+
+        Raises:
+            RuntimeError: If the mask floor is to be learned and was not (the prior was fitted without it).
+
+        """
+        if not is_tracing() and self.settings["mask_floor"] != self.settings["mask_floor"]:
+            msg = (
+                "This model learns its mask floor on validation (mask_floor_quantile > 0), and the prior it holds "
+                "was fitted without one: fit it again, or score it with mask_floor_quantile 0."
+            )
+            raise RuntimeError(msg)
+        return weigh(self.parts(result, weighted_only=True), self.settings)
+
+    @torch.no_grad()
+    def calibrate(self, result: InversionResult) -> dict[str, float]:
+        """Match each feature part's scale to the mask map's on an inversion of defect-free images.
+
+        A scale is the ratio of the two maps' 99th percentiles.
+
+        Returns:
+            dict[str, float]: The new scale of each feature part.
+
+        """
+        mask_quantile = self.mask_part(result).flatten().quantile(0.99)
+        scales = {}
+        for name, (compute, scale) in self._feature_parts().items():
+            scale.copy_(mask_quantile / compute(result).flatten().quantile(0.99).clamp_min(1e-6))
+            scales[name] = float(scale)
+        return scales
+
+
+def _read_saved_settings(module: AnomalyMap, incompatible_keys: object) -> None:
+    del incompatible_keys
+    module.settings = dict(zip((*FEATURE_PARTS, "mask_floor"), module.saved_settings.tolist(), strict=True))
