@@ -43,14 +43,8 @@ def tiny_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-TINY_MODEL = {
-    "image_size": 32,
-    "latent_stride": 4,
-    "latent_channels": 4,
-    "base_channels": 4,
-    "max_epochs": 1,
-    "steps": 3,
-}
+TINY_PRIOR = {"latent_stride": 4, "latent_channels": 4, "base_channels": 4}
+TINY_MODEL = {"image_size": 32, "prior": TINY_PRIOR, "max_epochs": 1, "steps": 3}
 TINY_DATA = {"crop_size": 32, "num_train": 16, "num_test_good": 4, "num_test_defective": 4, "train_batch_size": 8}
 
 

@@ -18,7 +18,7 @@ from lightning.pytorch import Callback, seed_everything
 
 from anomalib_rgi import Rgi, RgiTextures
 
-TINY_MODEL = {"image_size": 32, "latent_stride": 4, "latent_channels": 4, "base_channels": 4, "steps": 3}
+TINY_MODEL = {"image_size": 32, "prior": {"latent_stride": 4, "latent_channels": 4, "base_channels": 4}, "steps": 3}
 TINY_DATA = {"crop_size": 32, "num_train": 16, "num_test_good": 5, "num_test_defective": 4}
 
 

@@ -29,7 +29,7 @@ def _same(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> 
 
 
 def _script_scores(monkeypatch: pytest.MonkeyPatch, scores: dict[int, float]) -> None:
-    monkeypatch.setattr(Rgi, "_validation_score", lambda self: scores[self.current_epoch])
+    monkeypatch.setattr(Rgi, "validation_dice", lambda self, required_by: scores[self.current_epoch])  # noqa: ARG005
 
 
 @pytest.mark.parametrize(("scores", "kept"), [({1: 0.9, 3: 0.1}, 1), ({1: 0.1, 3: 0.9}, 3)])
@@ -46,12 +46,12 @@ def test_the_best_validated_epoch_is_kept_in_memory_and_on_disk(tiny_data_root, 
     (checkpoint,) = tmp_path.rglob("*.ckpt")
     saved = torch.load(checkpoint, weights_only=False)
     assert _same(saved["state_dict"], snapshots.states[kept])
-    assert "rgi_best_epoch" not in saved  # no second copy of the weights in the final file
+    assert saved["callbacks"]["EpochSelection"] == {"best": None}  # no second copy of the weights in the final file
     assert Rgi.kept_validation(checkpoint) == {
         "epoch": kept,
         "val_pixel_F1Max": scores[kept],
+        "anomaly_map": "mask",
         "feature_weight": 0.0,
-        "feature_prior_weight": 0.0,
         "mask_floor": 0.0,
     }
 
@@ -69,8 +69,8 @@ def test_without_selection_the_checkpoint_records_the_last_epochs_validation(tin
     assert kept == {
         "epoch": 1,
         "val_pixel_F1Max": pytest.approx(float(engine.trainer.callback_metrics["val_pixel_F1Max"])),
+        "anomaly_map": "mask",
         "feature_weight": 0.0,
-        "feature_prior_weight": 0.0,
         "mask_floor": 0.0,
     }
     assert 0 < kept["val_pixel_F1Max"] <= 1
@@ -83,7 +83,7 @@ def test_a_resumed_fit_can_go_back_to_an_epoch_before_the_interruption(tiny_data
     with pytest.raises(SimulatedKillError):
         fit_tiny(tiny_data_root, tmp_path, callbacks=[snapshots, KillAt(epoch=2, batch=1)], **options)
     (checkpoint,) = tmp_path.rglob("*.ckpt")
-    assert torch.load(checkpoint, weights_only=False)["rgi_best_epoch"]["epoch"] == 0
+    assert torch.load(checkpoint, weights_only=False)["callbacks"]["EpochSelection"]["best"]["epoch"] == 0
 
     _, resumed, _ = fit_tiny(tiny_data_root, tmp_path, ckpt_path=checkpoint, **options)
     assert _same(resumed.state_dict(), snapshots.states[0])
@@ -115,6 +115,7 @@ def test_selection_without_defect_masks_in_validation_says_so(tiny_data_root, tm
         num_workers=0,
     )
     engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
-    advice = r"needs defective images with masks.*select_epoch_every=0.*from_train.*FalseAlarmPostProcessor"
+    advice = r"select_epoch_every=1 chooses by validation Dice.*no defects with masks.*select_epoch_every 0"
+    advice += ".*FalseAlarmPostProcessor"
     with pytest.raises(ValueError, match=advice):
         engine.fit(Rgi(**{**TINY_MODEL, "select_epoch_every": 1}), datamodule=datamodule)

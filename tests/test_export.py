@@ -17,7 +17,7 @@ from PIL import Image
 
 from anomalib_rgi import Dice, Rgi, RgiTextures
 from anomalib_rgi.data.textures import load_test_split
-from anomalib_rgi.models.rgi.torch_model import Critic
+from anomalib_rgi.models.rgi.networks import Critic
 
 from .conftest import TINY_DATA, TINY_MODEL, maps_in_openvino_and_torch
 

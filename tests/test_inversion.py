@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anomalib_rgi.models.rgi import closed_form_mask, invert
-from anomalib_rgi.models.rgi.torch_model import Generator
+from anomalib_rgi.models.rgi.networks import Generator
 
 
 def _planted(generator, num: int = 2, value: float = 2.0):

@@ -84,7 +84,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 def test_checkpoint_of_another_architecture_is_refused(fitted, tiny_data_root, tmp_path):
     engine, *_ = fitted
     checkpoint = engine.trainer.checkpoint_callback.best_model_path
-    other = Rgi(**{**TINY_MODEL, "base_channels": 8})
+    other = Rgi(**{**TINY_MODEL, "prior": {**TINY_MODEL["prior"], "base_channels": 8}})
     trainer_engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
     datamodule = RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA)
     with pytest.raises(ValueError, match="base_channels"):

@@ -163,7 +163,8 @@ def test_shipped_benchmark_grid_runs_and_reports_dice(tiny_data_root, tmp_path):
     """``configs/benchmark/rgi.yaml`` as shipped (its grid of settings), at tiny sizes and on one category."""
     shipped = yaml.safe_load((Path(__file__).parents[1] / "configs/benchmark/rgi.yaml").read_text())
     benchmark = shipped["benchmark"]
-    benchmark["model"]["init_args"].update({**TINY_MODEL, "select_epoch_every": 1, "feature_prior_steps": 5})
+    prior = {**TINY_MODEL["prior"], "feature_prior_steps": 5}
+    benchmark["model"]["init_args"].update({**TINY_MODEL, "prior": prior, "select_epoch_every": 1})
     benchmark["data"]["init_args"].update({**TINY_DATA, "root": str(tiny_data_root), "category": {"grid": ["grass"]}})
     config = tmp_path / "benchmark.yaml"
     config.write_text(yaml.safe_dump(shipped))
@@ -172,7 +173,11 @@ def test_shipped_benchmark_grid_runs_and_reports_dice(tiny_data_root, tmp_path):
     with next(tmp_path.rglob("results.csv")).open() as stream:
         rows = list(csv.DictReader(stream))
     assert {"pixel_Dice", "pixel_AUROC", "pixel_PerImageBestDice"} <= set(rows[0])
-    assert sorted(float(row["model.init_args.finetune_steps"]) for row in rows) == [0, 50], "a row per setting"
+    settings = sorted(
+        (float(row["model.init_args.finetune_steps"]), row["model.init_args.anomaly_map"]) for row in rows
+    )
+    maps = ["best_on_validation", "mask"]
+    assert settings == [(steps, name) for steps in (0, 50) for name in maps], "a row per setting"
     assert {row["model.init_args.mask_floor_quantile"] for row in rows} == {"0.9"}, "the map of configs/rrgi.yaml"
 
 

@@ -13,9 +13,10 @@ import torch
 from lightning.pytorch import Callback
 
 from anomalib_rgi import Rgi, RgiTextures
-from anomalib_rgi.models.rgi.lightning_model import ModeCollapseError, sample_diversity
+from anomalib_rgi.models.rgi import ModeCollapseError
+from anomalib_rgi.models.rgi.networks import sample_diversity
 
-from .conftest import TINY_DATA, fit_tiny
+from .conftest import TINY_DATA, TINY_PRIOR, fit_tiny
 
 JOB = Path(__file__).with_name("ddp_job.py")
 
@@ -149,7 +150,7 @@ def test_sample_diversity_separates_healthy_and_collapsed_generators():
 def test_mode_collapse_stops_training_before_the_checkpoint(
     tiny_data_root, tmp_path, monkeypatch, collapsed_epochs, max_epochs, patience, stopped_at
 ):
-    from anomalib_rgi.models.rgi.torch_model import Generator
+    from anomalib_rgi.models.rgi.networks import Generator
 
     forward = Generator.forward
 
@@ -167,7 +168,8 @@ def test_mode_collapse_stops_training_before_the_checkpoint(
             CollapseSwitch.on = trainer.current_epoch in collapsed_epochs
 
     monkeypatch.setattr(Generator, "forward", collapse_in_chosen_epochs)
-    options = {"callbacks": [CollapseSwitch()], "max_epochs": max_epochs, "collapse_patience": patience}
+    prior = {**TINY_PRIOR, "collapse_patience": patience}
+    options = {"callbacks": [CollapseSwitch()], "max_epochs": max_epochs, "prior": prior}
     if stopped_at is None:
         _fit(tiny_data_root, tmp_path, **options)
         (checkpoint,) = tmp_path.rglob("*.ckpt")
@@ -178,9 +180,10 @@ def test_mode_collapse_stops_training_before_the_checkpoint(
     (checkpoint,) = tmp_path.rglob("*.ckpt")
     saved = torch.load(checkpoint, weights_only=False)
     # The message says whether the checkpoint left on disk is itself from the low stretch.
-    assert ("already below it" in str(stopped.value)) == (saved["rgi_low_diversity_epochs"] > 0)
+    low_epochs = saved["callbacks"]["CollapseMonitor"]["low_epochs"]
+    assert ("already below it" in str(stopped.value)) == (low_epochs > 0)
     assert saved["epoch"] == stopped_at - 1
-    if saved["rgi_low_diversity_epochs"]:
+    if low_epochs:
         # A fit resumed from inside the low stretch keeps counting it instead of starting again.
         with pytest.raises(ModeCollapseError, match=f"collapsed at epoch {stopped_at}"):
             _fit(tiny_data_root, tmp_path, ckpt_path=checkpoint, **options)
@@ -188,4 +191,4 @@ def test_mode_collapse_stops_training_before_the_checkpoint(
 
 def test_collapse_patience_must_be_positive():
     with pytest.raises(ValueError, match="collapse_patience must be at least 1"):
-        Rgi(collapse_patience=0)
+        Rgi(prior={"collapse_patience": 0})

@@ -17,6 +17,7 @@ validation images: where a feature part carries the defects, the mask's level on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal, get_args
 
@@ -44,8 +45,9 @@ def weigh(parts: dict[str, torch.Tensor], settings: MapSettings) -> torch.Tensor
     """Return the anomaly map of :meth:`AnomalyMap.parts`' parts at these settings.
 
     ``max(mask - mask_floor, 0) + sum(weight * part)``; parts at weight 0 may be absent from ``parts``.
+    The floor applies only beside a feature part: alone, the mask's every level is the map's ordering.
     """
-    floor = settings.get("mask_floor", 0.0)
+    floor = settings.get("mask_floor", 0.0) if any(settings.get(part) for part in FEATURE_PARTS) else 0.0
     anomaly_map = (parts["mask"] - floor).clamp(min=0) if floor else parts["mask"]
     for name in FEATURE_PARTS:
         if weight := settings.get(name, 0.0):
@@ -64,7 +66,7 @@ class AnomalyMap(nn.Module):
         image_size (int): Side of the prior's images (the feature prior reads them at twice this).
         image_channels (int): Channels of the images (the feature parts read 1 or 3).
         learn_floor (bool): The mask floor is learned on validation (until then it is NaN and scoring
-            refuses); otherwise it is 0.
+            refuses); otherwise it is 0. Ignored by ``"mask"``: the floor applies only beside a feature part.
 
     Raises:
         ValueError: On an unknown kind, a negative or empty weight, or images the feature parts cannot read.
@@ -91,15 +93,12 @@ class AnomalyMap(nn.Module):
                 f"validation), got {feature_weight!r}."
             )
             raise ValueError(msg)
-        if kind == "mask" and len(weights) > 1:
-            msg = "anomaly_map 'mask' has no feature part to weigh: give one feature_weight or another map."
-            raise ValueError(msg)
         uses = {part: kind in {f"mask+{part}", "best_on_validation"} for part in FEATURE_PARTS}
         if any(uses.values()) and image_channels not in {1, 3}:
             msg = f"The ImageNet-feature parts read grey or RGB images, not {image_channels} channels: use map 'mask'."
             raise ValueError(msg)
         self.kind = kind
-        self.learn_floor = learn_floor
+        self.learn_floor = learn_floor and kind != "mask"  # the floor matters only beside a feature part
         self.image_size = image_size
         self.blur = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else None
         self.feature_distance = FeatureDistance() if any(uses.values()) else None  # the prior reads its embedding
@@ -128,7 +127,10 @@ class AnomalyMap(nn.Module):
         self.register_load_state_dict_post_hook(_read_saved_settings)
 
     def _settings_tensor(self) -> torch.Tensor:
-        return torch.tensor([self.settings[name] for name in (*FEATURE_PARTS, "mask_floor")], dtype=torch.float64)
+        # The last entry marks a floor this model learned: a floor of 0 from a fit without one is not learned.
+        learned = self.learn_floor and not math.isnan(self.settings["mask_floor"])
+        values = [self.settings[name] for name in (*FEATURE_PARTS, "mask_floor")]
+        return torch.tensor([*values, float(learned)], dtype=torch.float64)
 
     def set_settings(self, settings: MapSettings) -> None:
         """Score with these weights and floor from now on (and save them with the model)."""
@@ -206,7 +208,8 @@ class AnomalyMap(nn.Module):
             RuntimeError: If the mask floor is to be learned and was not (the prior was fitted without it).
 
         """
-        if not is_tracing() and self.settings["mask_floor"] != self.settings["mask_floor"]:
+        weighted = any(self.settings[part] for part in FEATURE_PARTS)
+        if not is_tracing() and weighted and math.isnan(self.settings["mask_floor"]):
             msg = (
                 "This model learns its mask floor on validation (mask_floor_quantile > 0), and the prior it holds "
                 "was fitted without one: fit it again, or score it with mask_floor_quantile 0."
@@ -234,4 +237,4 @@ class AnomalyMap(nn.Module):
 
 def _read_saved_settings(module: AnomalyMap, incompatible_keys: object) -> None:
     del incompatible_keys
-    module.settings = dict(zip((*FEATURE_PARTS, "mask_floor"), module.saved_settings.tolist(), strict=True))
+    module.settings = dict(zip((*FEATURE_PARTS, "mask_floor"), module.saved_settings.tolist()[:-1], strict=True))

@@ -103,9 +103,12 @@ def match_map_state(
         del state[name]
     for name, value in own.items():
         state.setdefault(name, value)
-    saved = state[f"{prefix}saved_settings"].clone()
+    saved = state[f"{prefix}saved_settings"].clone()  # weights..., floor, whether the floor was learned
+    floor = len(FEATURE_PARTS)
     if fixed_map:
-        saved[: len(FEATURE_PARTS)] = own[f"{prefix}saved_settings"][: len(FEATURE_PARTS)]
+        saved[:floor] = own[f"{prefix}saved_settings"][:floor]
     if not floor_learned:
-        saved[len(FEATURE_PARTS)] = 0.0
+        saved[floor:] = 0.0
+    elif not saved[floor + 1]:
+        saved[floor] = float("nan")  # fitted without a floor: scoring refuses rather than use none
     state[f"{prefix}saved_settings"] = saved

@@ -42,8 +42,10 @@ from anomalib_rgi.visualization import RgiVisualizer
 from .anomaly_map import FEATURE_PARTS, MapKind, map_kind, weigh
 from .callbacks import (
     CollapseMonitor,
+    DistributedFit,
     EpochSelection,
     FeaturePartsPreparation,
+    ResumableRandomState,
 )
 from .checkpoint import check_rgi_checkpoint, match_map_state, read_checkpoint
 from .export import RgiExportMixin
@@ -188,6 +190,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         if not fitting:
             return callbacks
+        callbacks += [DistributedFit(), ResumableRandomState()]
         if self.prior_settings["min_sample_diversity"] > 0:
             callbacks.append(
                 CollapseMonitor(self.prior_settings["min_sample_diversity"], self.prior_settings["collapse_patience"])

@@ -1,9 +1,8 @@
-"""The feature map: ImageNet-feature distance between input and restoration, added to the mask map."""
+"""The anomaly map: the mask, its ImageNet-feature parts, their calibration, the floor and the choice on validation."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +13,16 @@ from anomalib.engine import Engine
 from anomalib_rgi import Rgi
 from anomalib_rgi.data import RgiTextures
 from anomalib_rgi.data.textures import load_photograph
-from anomalib_rgi.models.rgi.torch_model import FeatureDistance, FeaturePrior
+from anomalib_rgi.models.rgi.anomaly_map import weigh
+from anomalib_rgi.models.rgi.feature_parts import FeatureDistance, FeaturePrior
+from anomalib_rgi.models.rgi.map_selection import good_mask_level
+from anomalib_rgi.models.rgi.torch_model import RgiModel
 
-from .conftest import TINY_DATA, TINY_MODEL, fit_tiny, maps_in_openvino_and_torch
+from .conftest import TINY_DATA, TINY_MODEL, TINY_PRIOR, fit_tiny, maps_in_openvino_and_torch
+
+DISTANCE = {"anomaly_map": "mask+feature_distance", "feature_weight": 0.5}
+FEATURE_PRIOR = {"anomaly_map": "mask+feature_prior", "feature_weight": 1.0}
+FAST_FEATURE_PRIOR = {**TINY_PRIOR, "feature_prior_steps": 20}
 
 
 def _crop(category: str, size: int = 64) -> torch.Tensor:
@@ -39,25 +45,26 @@ def test_the_feature_map_leaves_a_seeded_prior_unchanged():
     torch.manual_seed(0)
     plain, plain_next_draw = Rgi(**TINY_MODEL), torch.rand(4)
     torch.manual_seed(0)
-    with_map, with_map_next_draw = Rgi(**TINY_MODEL, feature_weight=0.5), torch.rand(4)
+    with_map, with_map_next_draw = Rgi(**TINY_MODEL, **DISTANCE), torch.rand(4)
     torch.testing.assert_close(with_map_next_draw, plain_next_draw)  # training draws the same latents
     for name, value in plain.state_dict().items():
-        torch.testing.assert_close(with_map.state_dict()[name], value, equal_nan=True)  # unlearned thresholds: NaN
+        if name != "model.anomaly_map.saved_settings":  # the map's own weights differ, and only they
+            torch.testing.assert_close(with_map.state_dict()[name], value, equal_nan=True)  # unlearned: NaN
 
 
 @pytest.fixture(scope="module")
 def fitted_with_features(tiny_data_root, tmp_path_factory):
-    engine, model, datamodule = fit_tiny(tiny_data_root, tmp_path_factory.mktemp("features"), feature_weight=0.5)
+    engine, model, datamodule = fit_tiny(tiny_data_root, tmp_path_factory.mktemp("features"), **DISTANCE)
     return engine, model, datamodule
 
 
 def test_fit_calibrates_the_scale_and_the_checkpoint_keeps_it(fitted_with_features):
     engine, model, _ = fitted_with_features
-    scale = float(model.model.feature_scale)
+    scale = float(model.model.anomaly_map.feature_distance.scale)
     assert np.isfinite(scale)
     assert scale > 0
     loaded = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path, weights_only=True)
-    assert float(loaded.model.feature_scale) == pytest.approx(scale)
+    assert float(loaded.model.anomaly_map.feature_distance.scale) == pytest.approx(scale)
     images = torch.rand(2, 3, 32, 32)
     model.eval()
     loaded.eval()
@@ -70,8 +77,9 @@ def test_calibration_puts_the_weighted_feature_part_at_the_mask_maps_scale(fitte
     images = torch.rand(8, 3, 32, 32)
     rgi.calibrate_feature_scale(images)
     result = rgi.invert(images, steps=0, mask_solver="closed_form", finetune_steps=0)
-    parts = rgi.map_parts(result)
-    torch.testing.assert_close(parts["restoration"].quantile(0.99), parts["mask"].quantile(0.99), rtol=1e-3, atol=1e-6)
+    parts = rgi.anomaly_map.parts(result)
+    distance, mask = parts["feature_distance"].quantile(0.99), parts["mask"].quantile(0.99)
+    torch.testing.assert_close(distance, mask, rtol=1e-3, atol=1e-6)
 
 
 def test_the_feature_map_sees_a_defect_the_fine_tuning_learned(fitted_with_features):
@@ -81,15 +89,15 @@ def test_the_feature_map_sees_a_defect_the_fine_tuning_learned(fitted_with_featu
     patched[..., 8:24, 8:24] = _crop("brick", 32)[..., 8:24, 8:24]
     result = rgi.invert(patched, steps=0, mask_solver="closed_form", finetune_steps=0)
     memorised = replace(result, restored=result.target)  # as if R-RGI's per-image weights reproduced the image
-    feature_part = rgi.map_parts(memorised)["restoration"][0, 0]
+    feature_part = rgi.anomaly_map.parts(memorised)["feature_distance"][0, 0]
     assert feature_part[12:20, 12:20].mean() > 2 * feature_part[:4, :4].mean() > 0
 
 
 def _plain_checkpoint(engine: Engine, work: Path) -> Path:
     """The fitted prior's checkpoint with the feature map taken out: a prior trained without it."""
     checkpoint = engine.trainer.checkpoint_callback.best_model_path
-    plain = Rgi.load_from_checkpoint(checkpoint, feature_weight=0.0)
-    assert plain.model.feature_distance is None
+    plain = Rgi.load_from_checkpoint(checkpoint, anomaly_map="mask")
+    assert plain.model.anomaly_map.feature_distance is None
     assert not any("feature" in name for name in plain.state_dict())
     plain_path = work / "plain.ckpt"
     torch.save({**torch.load(checkpoint, weights_only=True), "state_dict": plain.state_dict()}, plain_path)
@@ -99,7 +107,7 @@ def _plain_checkpoint(engine: Engine, work: Path) -> Path:
 def test_a_prior_trained_without_the_map_is_scored_with_it_only_after_calibration(fitted_with_features, tmp_path):
     engine, _, datamodule = fitted_with_features
     plain_path = _plain_checkpoint(engine, tmp_path)
-    with_map = Rgi.load_from_checkpoint(plain_path, feature_weight=0.5).eval()
+    with_map = Rgi.load_from_checkpoint(plain_path, **DISTANCE).eval()
     plain_threshold = float(with_map.post_processor.pixel_threshold)
     images = torch.rand(2, 3, 32, 32)
     with pytest.raises(RuntimeError, match="calibrate_feature_scale"):
@@ -107,12 +115,12 @@ def test_a_prior_trained_without_the_map_is_scored_with_it_only_after_calibratio
     # anomalib test with a datamodule: calibrated on its training images, thresholds learned again, scored
     test_engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
     metrics = test_engine.test(model=with_map, datamodule=datamodule)[0]
-    assert float(with_map.model.feature_scale) > 0
+    assert float(with_map.model.anomaly_map.feature_distance.scale) > 0
     assert 0 <= metrics["pixel_AUROC"] <= 1
     assert torch.isfinite(with_map.eval()(images).anomaly_map).all()
     relearned = float(with_map.post_processor.pixel_threshold)
     assert relearned != pytest.approx(plain_threshold)
-    validated = Rgi.load_from_checkpoint(plain_path, feature_weight=0.5)
+    validated = Rgi.load_from_checkpoint(plain_path, **DISTANCE)
     Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1).validate(
         model=validated, datamodule=datamodule
     )
@@ -121,20 +129,24 @@ def test_a_prior_trained_without_the_map_is_scored_with_it_only_after_calibratio
 
 def test_stale_thresholds_without_validation_images_are_refused(fitted_with_features, tiny_data_root, tmp_path):
     engine, _, _ = fitted_with_features
-    with_map = Rgi.load_from_checkpoint(_plain_checkpoint(engine, tmp_path), feature_weight=0.5)
+    with_map = Rgi.load_from_checkpoint(_plain_checkpoint(engine, tmp_path), **DISTANCE)
     no_validation = RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA, val_split_mode="none")
     test_engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
-    with pytest.raises(RuntimeError, match="thresholds were learned without the feature map"):
+    with pytest.raises(RuntimeError, match="thresholds were learned with another anomaly map"):
         test_engine.test(model=with_map, datamodule=no_validation)
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"feature_weight": -0.1}, "feature_weight"), ({"feature_weight": 0.5, "image_channels": 2}, "grey or RGB")],
+    [
+        ({**DISTANCE, "feature_weight": -0.1}, "feature_weight must be a positive number"),
+        ({**DISTANCE, "feature_weight": []}, "non-empty list"),
+        ({**FEATURE_PRIOR, "feature_weight": [0.5, -0.1]}, "feature_weight must be"),
+        ({**DISTANCE, "image_channels": 2}, "grey or RGB"),
+        ({"anomaly_map": "mask+features"}, "anomaly_map must be one of"),
+    ],
 )
-def test_bad_feature_settings_are_refused(settings, message):
-    from anomalib_rgi.models.rgi.torch_model import RgiModel
-
+def test_bad_map_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
         RgiModel(image_size=32, latent_stride=4, latent_channels=4, base_channels=4, **settings)
 
@@ -146,7 +158,7 @@ def test_the_feature_map_exports_and_matches_torch(fitted_with_features, tmp_pat
     np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)
 
 
-# The feature prior part (feature_prior_weight): the residual of an autoencoder of normal embeddings.
+# The feature prior part: the residual of an autoencoder of normal ImageNet embeddings.
 
 
 def test_the_feature_prior_marks_foreign_material_and_leaves_the_random_stream_alone():
@@ -176,12 +188,8 @@ def test_the_feature_prior_marks_foreign_material_and_leaves_the_random_stream_a
 
 @pytest.fixture(scope="module")
 def fitted_with_feature_prior(tiny_data_root, tmp_path_factory):
-    return fit_tiny(
-        tiny_data_root,
-        tmp_path_factory.mktemp("feature-prior"),
-        feature_prior_weight=1.0,
-        feature_prior_steps=20,
-    )
+    work = tmp_path_factory.mktemp("feature-prior")
+    return fit_tiny(tiny_data_root, work, **FEATURE_PRIOR, prior=FAST_FEATURE_PRIOR)
 
 
 def test_fit_fits_the_feature_prior_keeps_it_and_leaves_the_gan_as_it_was(
@@ -189,98 +197,105 @@ def test_fit_fits_the_feature_prior_keeps_it_and_leaves_the_gan_as_it_was(
 ):
     engine, model, _ = fitted_with_feature_prior
     rgi = model.model
-    assert rgi.feature_prior.fitted
-    assert float(rgi.feature_prior.scale) > 0
+    assert rgi.anomaly_map.feature_prior.fitted
+    assert float(rgi.anomaly_map.feature_prior.scale) > 0
     result = rgi.invert(torch.rand(4, 3, 32, 32), steps=0, mask_solver="closed_form", finetune_steps=0)
-    assert set(rgi.map_parts(result, weighted_only=True)) == {"mask", "prior"}  # the restoration part is not computed
+    assert set(rgi.anomaly_map.parts(result, weighted_only=True)) == {"mask", "feature_prior"}  # no distance part
     restoration_gan = fitted_with_features[1].model.generator.state_dict()
     for name, value in rgi.generator.state_dict().items():  # same seed: the same GAN prior
         torch.testing.assert_close(value, restoration_gan[name])
     loaded = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path, weights_only=True).eval()
-    assert loaded.model.feature_prior.fitted
+    assert loaded.model.anomaly_map.feature_prior.fitted
     images = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(model.eval()(images).anomaly_map, loaded(images).anomaly_map)
-    restoration_map = Rgi.load_from_checkpoint(
-        engine.trainer.checkpoint_callback.best_model_path, feature_weight=0.5, feature_prior_weight=0.0
-    )
-    assert restoration_map.model.feature_prior is None  # read with the restoration part instead: its weights dropped
+    distance_map = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path, **DISTANCE)
+    assert distance_map.model.anomaly_map.feature_prior is None  # read with the distance part instead: weights dropped
 
 
 def test_an_unfitted_feature_prior_is_refused_and_a_test_fits_it(fitted_with_features, tmp_path):
     engine, _, datamodule = fitted_with_features
     checkpoint = engine.trainer.checkpoint_callback.best_model_path  # trained with the restoration reference
-    with_prior = Rgi.load_from_checkpoint(checkpoint, feature_prior_weight=1.0).eval()
+    with_prior = Rgi.load_from_checkpoint(checkpoint, **FEATURE_PRIOR).eval()
     with pytest.raises(RuntimeError, match="fit_feature_prior"):
         with_prior(torch.rand(2, 3, 32, 32))
     test_engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
     metrics = test_engine.test(model=with_prior, datamodule=datamodule)[0]
-    assert with_prior.model.feature_prior.fitted
-    assert float(with_prior.model.feature_prior.scale) > 0
+    assert with_prior.model.anomaly_map.feature_prior.fitted
+    assert float(with_prior.model.anomaly_map.feature_prior.scale) > 0
     assert 0 <= metrics["pixel_AUROC"] <= 1
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"feature_prior_weight": -1.0}, "feature_prior_weight"), ({"feature_prior_steps": 0}, "feature_prior_steps")],
+    [
+        ({"prior": {"feature_prior_steps": 0}}, "feature_prior_steps must be at least 1"),
+        ({"prior": {"feature_prior_step": 10}}, "Unknown prior settings"),
+        ({"solver": {"mask_solver": "adm"}}, "mask_solver must be one of"),
+        ({"solver": {"steps": 10}}, "an Rgi argument of its own"),
+        ({"solver": {"latent_init": "random"}}, "latent_init must be one of"),
+    ],
 )
-def test_bad_feature_prior_settings_are_refused(settings, message):
+def test_bad_advanced_settings_are_refused_in_the_constructor(settings, message):
     with pytest.raises(ValueError, match=message):
-        Rgi(**TINY_MODEL, feature_weight=0.5, **settings)
+        Rgi(**{**TINY_MODEL, **DISTANCE, **settings})
 
 
 @pytest.mark.parametrize("mask_floor", [0.0, 0.02])
 def test_the_feature_prior_exports_and_matches_torch(fitted_with_feature_prior, tmp_path, mask_floor):
     _, model, _ = fitted_with_feature_prior
-    model.model.mask_floor = mask_floor
+    anomaly_map = model.model.anomaly_map
+    anomaly_map.set_settings(anomaly_map.settings | {"mask_floor": mask_floor})
     try:
         exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path, steps=0, mask_solver="closed_form")
     finally:
-        model.model.mask_floor = 0.0
+        anomaly_map.set_settings(anomaly_map.settings | {"mask_floor": 0.0})
     np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)
 
 
-def test_validation_chooses_the_feature_weights_and_learns_their_thresholds(tiny_data_root, tmp_path):
-    restoration_weights, prior_weights = [0.0, 0.5], [0.0, 8.0]
+def test_validation_chooses_the_map_and_learns_its_thresholds(tiny_data_root, tmp_path):
+    weights = [0.5, 8.0]
     engine, model, datamodule = fit_tiny(
         tiny_data_root,
         tmp_path,
         max_epochs=2,
         select_epoch_every=1,
-        feature_weights=restoration_weights,
-        feature_prior_weights=prior_weights,
-        feature_prior_steps=20,
+        anomaly_map="best_on_validation",
+        feature_weight=weights,
+        prior=FAST_FEATURE_PRIOR,
     )
-    chosen = (model.model.feature_weight, model.model.feature_prior_weight)
-    assert (model.hparams.feature_weight, model.hparams.feature_prior_weight) == chosen
-    kept = Rgi.kept_validation(engine.trainer.checkpoint_callback.best_model_path)
-    assert (kept["feature_weight"], kept["feature_prior_weight"]) == chosen
-    # The kept Dice is the best pair's on that epoch's validation, scored as anomalib scores it.
-    loaded = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path)
-    assert (loaded.model.feature_weight, loaded.model.feature_prior_weight) == chosen
+    chosen = model.model.anomaly_map.settings
+    checkpoint = engine.trainer.checkpoint_callback.best_model_path
+    kept = Rgi.kept_validation(checkpoint)
+    assert kept["anomaly_map"] in {"mask", "mask+feature_distance", "mask+feature_prior"}
+    assert kept["feature_weight"] == max(chosen["feature_distance"], chosen["feature_prior"])
+    # The choice travels in the checkpoint, whichever way it is loaded (the CLI builds from the config first).
+    loaded = Rgi.load_from_checkpoint(checkpoint)
+    assert loaded.model.anomaly_map.settings == chosen
+    # The kept Dice is the best option's on that epoch's validation, scored as anomalib scores it.
     dice = {}
-    for pair in product(restoration_weights, prior_weights):
-        loaded.model.feature_weight, loaded.model.feature_prior_weight = pair
+    for option in loaded.model.anomaly_map.candidates:
+        loaded.model.anomaly_map.set_settings(chosen | option)
         validated = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
-        dice[pair] = validated.validate(model=loaded, datamodule=datamodule)[0]["val_pixel_F1Max"]
-        if pair == chosen:
+        dice[tuple(option.values())] = validated.validate(model=loaded, datamodule=datamodule)[0]["val_pixel_F1Max"]
+        if option.items() <= chosen.items():
             threshold = float(loaded.post_processor.pixel_threshold)
-    assert len(set(dice.values())) > 1  # the pairs can be told apart
+    assert len(dice) == 1 + 2 * len(weights)  # the mask alone, and each part at each weight
+    assert len(set(dice.values())) > 1  # the options can be told apart
     assert kept["val_pixel_F1Max"] == pytest.approx(max(dice.values()), abs=1e-4)
-    assert dice[chosen] == pytest.approx(max(dice.values()), abs=1e-4)
     assert float(model.post_processor.pixel_threshold) == pytest.approx(threshold, rel=1e-4)
 
 
-@pytest.mark.parametrize(
-    "settings", [{"feature_weights": []}, {"feature_weights": [-1.0]}, {"feature_prior_weights": [0.5, -0.1]}]
-)
-def test_bad_feature_weight_candidates_are_refused(settings):
-    with pytest.raises(ValueError, match="candidate weights"):
-        Rgi(**TINY_MODEL, **settings)
+def test_a_fixed_map_scores_with_its_own_weight_whatever_the_checkpoint_chose(tiny_data_root, tmp_path):
+    engine, _, _ = fit_tiny(tiny_data_root, tmp_path, **DISTANCE)
+    checkpoint = engine.trainer.checkpoint_callback.best_model_path
+    assert Rgi.load_from_checkpoint(checkpoint).model.anomaly_map.settings["feature_distance"] == 0.5
+    heavier = Rgi.load_from_checkpoint(checkpoint, anomaly_map="mask+feature_distance", feature_weight=2.0)
+    assert heavier.model.anomaly_map.settings["feature_distance"] == 2.0
 
 
 def test_choosing_the_weight_without_defect_masks_is_refused(tiny_data_root, tmp_path):
     good_only = RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA, val_split_mode="from_train")
-    model = Rgi(**TINY_MODEL, feature_weight=0.5, feature_weights=[0.0, 1.0], feature_prior_steps=20)
+    model = Rgi(**TINY_MODEL, anomaly_map="mask+feature_distance", feature_weight=[0.5, 1.0])
     engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
     with pytest.raises(ValueError, match="no defect masks"):
         engine.fit(model=model, datamodule=good_only)
@@ -288,49 +303,39 @@ def test_choosing_the_weight_without_defect_masks_is_refused(tiny_data_root, tmp
 
 
 def test_the_feature_prior_part_scores_tiled_inputs():
-    from anomalib_rgi.models.rgi.torch_model import RgiModel
-
-    settings = {key: value for key, value in TINY_MODEL.items() if key != "max_epochs"}
-    rgi = RgiModel(**settings, input_size=64, feature_prior_weight=1.0).eval()
+    rgi = RgiModel(image_size=32, **TINY_PRIOR, solver={"steps": 3}, input_size=64, **FEATURE_PRIOR).eval()
     images = torch.rand(3, 3, 64, 64)
     with pytest.raises(RuntimeError, match="fit_feature_prior"):
         rgi(images)
     rgi.fit_feature_prior(images, steps=5)
-    assert rgi.calibrate_feature_scale(images).keys() == {"restoration", "prior"}
+    assert rgi.calibrate_feature_scale(images).keys() == {"feature_distance", "feature_prior"}
     anomaly_map = rgi(images).anomaly_map
     assert anomaly_map.shape == (3, 1, 64, 64)
     assert torch.isfinite(anomaly_map).all()
 
 
-def test_the_mask_floor_keeps_only_what_exceeds_it():
-    from anomalib_rgi.models.rgi.torch_model import RgiModel
-
-    parts = {"mask": torch.tensor([0.1, 0.3, 0.7]), "prior": torch.tensor([1.0, 0.0, 2.0])}
-    floored = RgiModel.weigh(parts, feature_weight=0.0, feature_prior_weight=0.5, mask_floor=0.3)
+def test_the_mask_floor_keeps_only_what_exceeds_it_beside_a_feature_part():
+    parts = {"mask": torch.tensor([0.1, 0.3, 0.7]), "feature_prior": torch.tensor([1.0, 0.0, 2.0])}
+    floored = weigh(parts, {"feature_distance": 0.0, "feature_prior": 0.5, "mask_floor": 0.3})
     torch.testing.assert_close(floored, torch.tensor([0.5, 0.0, 1.4]))
-    torch.testing.assert_close(RgiModel.weigh(parts, 0.0, 0.0), parts["mask"])  # no floor: the paper's map
+    alone = weigh(parts, {"feature_distance": 0.0, "feature_prior": 0.0, "mask_floor": 0.3})
+    torch.testing.assert_close(alone, parts["mask"])  # the mask alone: the paper's map, every level kept
 
 
 def test_validation_learns_the_mask_floor_and_its_thresholds(tiny_data_root, tmp_path):
     engine, model, datamodule = fit_tiny(
-        tiny_data_root,
-        tmp_path,
-        feature_weight=0.5,
-        feature_prior_weights=[0.0, 8.0],
-        mask_floor_quantile=0.75,
-        feature_prior_steps=20,
+        tiny_data_root, tmp_path, **FEATURE_PRIOR, mask_floor_quantile=0.75, prior=FAST_FEATURE_PRIOR
     )
-    floor = model.model.mask_floor
+    floor = model.model.anomaly_map.settings["mask_floor"]
     assert floor > 0
-    assert model.hparams.mask_floor == floor
     kept = Rgi.kept_validation(engine.trainer.checkpoint_callback.best_model_path)
     assert kept["mask_floor"] == floor
     # The floor is the quantile of the mask map on the good validation images, scored again from the checkpoint.
     loaded = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path)
-    assert loaded.model.mask_floor == floor
+    assert loaded.model.anomaly_map.settings["mask_floor"] == floor
     good = torch.stack([item.image for item in datamodule.val_data if item.gt_label == 0])
     with torch.no_grad():
-        masks = loaded.model.map_parts(loaded.model.invert(loaded.pre_processor(good)))["mask"]
+        masks = loaded.model.anomaly_map.mask_part(loaded.model.invert(loaded.pre_processor(good)))
     assert floor == pytest.approx(float(masks.flatten().quantile(0.75)), rel=0.02)
     # Its thresholds and Dice are those anomalib's validation gives with the floor.
     validated = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
@@ -345,22 +350,19 @@ def test_validation_learns_the_mask_floor_and_its_thresholds(tiny_data_root, tmp
 def test_a_bad_mask_floor_quantile_is_refused(quantile):
     with pytest.raises(ValueError, match="mask_floor_quantile must be in"):
         Rgi(**TINY_MODEL, mask_floor_quantile=quantile)
-    with pytest.raises(ValueError, match="mask_floor must be"):
-        Rgi(**TINY_MODEL, mask_floor=-1.0)
 
 
 def test_the_mask_floor_needs_good_validation_images():
     parts = {"mask": torch.rand(2, 1, 4, 4)}
     with pytest.raises(ValueError, match="the validation set has none"):
-        Rgi._good_mask_level([(parts, torch.ones(2, 4, 4), torch.ones(2, dtype=torch.bool))], 0.9)
+        good_mask_level([(parts, torch.ones(2, 4, 4), torch.ones(2, dtype=torch.bool))], 0.9)
 
 
-def test_a_prior_fitted_without_the_floor_is_scored_with_one_only_when_set(fitted_with_features, tmp_path):
+def test_a_prior_fitted_without_the_floor_is_refused_by_a_model_that_learns_one(fitted_with_features, tmp_path):
     engine, _, datamodule = fitted_with_features
     checkpoint = engine.trainer.checkpoint_callback.best_model_path
     tester = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
     unlearned = Rgi.load_from_checkpoint(checkpoint, mask_floor_quantile=0.9)
-    with pytest.raises(ValueError, match="fitted without it"):
+    with pytest.raises(RuntimeError, match="fitted without one"):
         tester.test(model=unlearned, datamodule=datamodule)
-    floored = Rgi.load_from_checkpoint(checkpoint, mask_floor_quantile=0.9, mask_floor=0.05)
-    assert tester.test(model=floored, datamodule=datamodule)[0]["pixel_AUROC"] > 0
+    assert tester.test(model=Rgi.load_from_checkpoint(checkpoint), datamodule=datamodule)[0]["pixel_AUROC"] > 0
