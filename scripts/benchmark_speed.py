@@ -9,8 +9,8 @@ fresh process, pixel AUROC and best-threshold dataset-level Dice (F1Max) of the 
   2000 steps cost about 15 s per image on 2 CPU cores);
 - (b) eager PyTorch, the ``fast`` preset: the solver settings of ``--preset`` (default
   ``configs/rgi_fast.yaml``: steps, learning rates, mask solver, lam) applied to the checkpoint, and
-  its ``feature_weight`` (the feature map, calibrated on the first 32 training crops when the prior
-  was trained without it, as ``Rgi`` does at test start);
+  its anomaly map (``anomaly_map``, ``feature_weight``; a feature part the prior was fitted without is
+  prepared on the training crops, as ``Rgi`` does at test start);
 - (c) the fast preset exported to OpenVINO (f32), the graph ``anomalib export`` writes.
 
 For the eager methods it also prints the time of one generator forward + input-gradient backward
@@ -34,20 +34,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import yaml
 from sklearn.metrics import roc_auc_score
+
+from anomalib_rgi.reporting import markdown_table, preset
 
 BATCHES = (1, 4, 16)
 LONG = 100  # above this many steps a method is timed on one image at batch 1, not on all
-# configs' names of Rgi's arguments -> the solver's
-PRESET_KEYS = {"steps": "steps", "inversion_lr": "lr", "mask_lr": "mask_lr", "mask_solver": "mask_solver", "lam": "lam"}
-
-
-def preset_settings(path: str) -> tuple[dict, dict]:
-    """The solver settings (in the solver's names) and the map's settings a preset config gives Rgi."""
-    init_args = yaml.safe_load(Path(path).read_text())["model"]["init_args"]
-    solver = {PRESET_KEYS[key]: value for key, value in init_args.items() if key in PRESET_KEYS}
-    return solver, {"feature_weight": init_args.get("feature_weight", 0.0)}
 
 
 def measure(method: str, args: dict) -> dict:
@@ -60,14 +52,10 @@ def measure(method: str, args: dict) -> dict:
     torch.set_num_threads(args["threads"])
     model = Rgi.load_from_checkpoint(args["checkpoint"], **args["map"]).eval()
     model.model.inversion.update(args["settings"])
-    # As Rgi prepares a map the prior was trained without; a calibrated checkpoint keeps its scales.
-    prior = model.model.feature_prior
-    fit_now = prior is not None and not prior.fitted
-    if fit_now or any(torch.isnan(scale) for scale in model.model.feature_scales().values()):
+    # As Rgi prepares a map the prior was fitted without; a prepared checkpoint keeps its parts.
+    if model.model.feature_parts_unprepared:
         good = load_images(train_image_paths(args["data_root"], args["category"], limit=512), model.model.input_size)
-        if fit_now:
-            model.model.fit_feature_prior(good)
-        model.model.calibrate_feature_scale(good[:32])
+        model.model.prepare_feature_parts(good, model.prior_settings["feature_prior_steps"])
     steps = model.model.inversion["steps"]
     images, masks = load_test_split(args["data_root"], args["category"], args["images"])
     batches = [batch for batch in BATCHES if batch <= len(images)]
@@ -179,7 +167,7 @@ def main() -> None:
         "images": args.images,
         "threads": args.threads,
     }
-    fast, fast_map = preset_settings(args.preset)
+    fast, fast_map = preset(args.preset)
     fast_name = ", ".join(f"{key} {value}" for key, value in {**fast, **fast_map}.items())
     long = {f"(a) eager, {args.long_steps} steps": ("eager", {"steps": args.long_steps}, {})}
     methods = {
@@ -217,13 +205,12 @@ def main() -> None:
         "floor_ms",
         "share_in_generator",
     ]
-    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    table = markdown_table(rows, columns, header)
     out = Path(args.out) / stamp
     out.mkdir(parents=True, exist_ok=False)
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "table.md").write_text(table)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
-    print("\n".join(lines))
+    print(table)
 
 
 if __name__ == "__main__":

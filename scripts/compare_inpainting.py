@@ -33,7 +33,7 @@ from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import TRAIN_ROW_FRACTION, _random_crop, load_photograph
 from anomalib_rgi.inpainting import central_block, fill_noise, fill_patch, irregular_strokes, random_pixels
 from anomalib_rgi.models.rgi import invert
-from compare_peers import category_checkpoint
+from anomalib_rgi.reporting import category_checkpoint
 
 CORRUPTIONS = {
     "central block": lambda size, _: central_block(size, 0.25),

@@ -30,7 +30,6 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -50,27 +49,27 @@ from PIL import Image
 
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.data import CATEGORIES
-from benchmark_speed import preset_settings
-
-METRICS = (
-    "image_AUROC",
-    "pixel_AUROC",
-    "pixel_AUPRO",
-    "pixel_Dice",
-    "pixel_F1Max",
-    "pixel_PerImageBestDice",
+from anomalib_rgi.reporting import (
+    PEER_COLUMNS,
+    PEER_METRICS,
+    category_checkpoint,
+    describe_map,
+    machine,
+    markdown_table,
+    preset,
+    scoring_variants,
 )
+
 JOBS = ("rgi", "patchcore", "padim", "ganomaly", "draem")  # cheapest peers first
 MAP_SIZE = 128
 TINY_DATA = {"crop_size": 32, "num_train": 16, "num_test_good": 4, "num_test_defective": 4, "train_batch_size": 8}
-TINY_RGI = {"image_size": 32, "latent_stride": 4, "latent_channels": 4, "base_channels": 4, "max_epochs": 1, "steps": 3}
-FAST_SOLVER = preset_settings(str(Path(__file__).parents[1] / "configs" / "rgi_fast.yaml"))[0]
-
-
-def machine() -> str:
-    """One line naming the machine the figures come from."""
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    return f"{platform.processor() or platform.machine()}, {device}, torch {torch.__version__}"
+TINY_RGI = {
+    "image_size": 32,
+    "prior": {"latent_stride": 4, "latent_channels": 4, "base_channels": 4, "feature_prior_steps": 20},
+    "max_epochs": 1,
+    "steps": 3,
+}
+FAST_SOLVER = preset(Path(__file__).parents[1] / "configs" / "rgi_fast.yaml")[0]
 
 
 def rgi_setting(text: str) -> tuple[str, object]:
@@ -80,15 +79,6 @@ def rgi_setting(text: str) -> tuple[str, object]:
         msg = f"--rgi wants KEY=VALUE with KEY an Rgi argument, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return key, yaml.safe_load(value)
-
-
-def category_checkpoint(text: str) -> tuple[str, str]:
-    """Parse ``CATEGORY=CKPT`` (``--prior`` here, ``--checkpoint`` of the other benchmark scripts)."""
-    category, separator, path = text.partition("=")
-    if not separator or category not in CATEGORIES or not Path(path).is_file():
-        msg = f"expected CATEGORY=CKPT with CATEGORY in {CATEGORIES} and an existing file, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return category, path
 
 
 class KeepTestOutputs(Callback):
@@ -210,25 +200,9 @@ def rgi_settings(args: argparse.Namespace) -> dict:
 
 
 def rgi_variants(args: argparse.Namespace) -> dict[str, dict]:
-    """Scoring settings tested on the one trained prior."""
+    """Scoring settings tested on the one trained prior (:func:`anomalib_rgi.reporting.scoring_variants`)."""
     steps = rgi_settings(args).get("steps", Rgi().hparams.steps)
-    return {
-        "RGI": {"mask_solver": "adam", "steps": steps, "finetune_steps": 0},
-        "R-RGI": {"mask_solver": "adam", "steps": steps, "finetune_steps": args.finetune_steps},
-        "R-RGI, 0 steps (encoder start, closed-form mask)": {
-            "mask_solver": "closed_form",
-            "steps": 0,
-            "finetune_steps": args.finetune_steps,
-        },
-        "RGI, 0 steps (encoder start, closed-form mask)": {
-            "mask_solver": "closed_form",
-            "steps": 0,
-            "finetune_steps": 0,
-        },
-        "RGI, fast preset (rgi_fast.yaml solver)": {**FAST_SOLVER, "finetune_steps": 0},
-        "plain inversion (AnoGAN-style)": {"mask_solver": "none", "steps": steps, "finetune_steps": 0},
-        "encoder residual (f-AnoGAN-style)": {"mask_solver": "none", "steps": 0, "finetune_steps": 0},
-    }
+    return scoring_variants(steps, args.finetune_steps, FAST_SOLVER)
 
 
 def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> list[dict]:
@@ -260,18 +234,11 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
     variants = rgi_variants(args) if job == "rgi" else {type(model).__name__: None}
     if job == "rgi" and args.variants:
         variants = {name: settings for name, settings in variants.items() if name in args.variants}
-    weights = (model.model.feature_weight, model.model.feature_prior_weight) if job == "rgi" else (0, 0)
-    suffix = "".join(
-        f" + {name} x{weight:g}"
-        for name, weight in zip(("feature map", "feature prior"), weights, strict=True)
-        if weight
-    )
-    if job == "rgi" and model.model.mask_floor:
-        suffix += f", mask above {model.model.mask_floor:.3g}"
+    scoring_map = describe_map(model.model.anomaly_map.settings) if job == "rgi" else None
     rows = []
     own_settings = dict(model.model.inversion) if job == "rgi" else {}
     for variant, settings in variants.items():
-        name = variant + suffix
+        name = variant
         if settings is not None:  # each variant from the prior's own settings, not the last variant's
             model.model.inversion = {**own_settings, "finetune_lr": args.finetune_lr, **settings}
             engine.validate(model=model, datamodule=datamodule)
@@ -284,7 +251,8 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
             {
                 "category": category,
                 "model": name,
-                **{metric: round(float(metrics[metric]), 4) if metric in metrics else None for metric in METRICS},
+                "map": scoring_map,
+                **{metric: round(float(metrics[metric]), 4) if metric in metrics else None for metric in PEER_METRICS},
                 "fit_s": fit_seconds,
                 "ms_per_image": round(1000 * test_seconds / images, 1),
                 "score_ms_per_image": round(1000 * keep.scoring_seconds / max(keep.scored_images, 1), 1),
@@ -298,14 +266,11 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
 def markdown(rows: list[dict], header: str) -> str:
     """Render rows as a markdown table (``n/a``: the model gives no anomaly map, or not measured).
 
-    ``ms_per_image`` is the test phase's wall time per image (scoring, metrics, pictures);
-    ``score_ms_per_image`` only the scoring (pre-processing, model, post-processing), batch 40.
+    ``map`` names RGI's anomaly map (``mask`` is the paper's); ``ms_per_image`` is the test phase's
+    wall time per image (scoring, metrics, pictures); ``score_ms_per_image`` only the scoring
+    (pre-processing, model, post-processing), batch 40.
     """
-    columns = ["category", "model", *METRICS, "fit_s", "ms_per_image", "score_ms_per_image", "peak_rss_mb"]
-    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join("n/a" if row.get(c) is None else str(row[c]) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(rows, PEER_COLUMNS, header)
 
 
 def main() -> None:
@@ -317,7 +282,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/peers")
     parser.add_argument("--ganomaly-epochs", type=int, default=15)
     parser.add_argument("--draem-epochs", type=int, default=2, help="97M weights: ~5 min per epoch on 2 CPU cores")
-    # As configs/rrgi.yaml; the tables made before 2026-11-27 (session 11) used 100.
+    # As configs/rrgi.yaml.
     parser.add_argument("--finetune-steps", type=int, default=50)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
@@ -360,7 +325,7 @@ def main() -> None:
     (out / "jobs").mkdir(parents=True, exist_ok=False)
     passthrough = [a for a in sys.argv[1:] if not a.startswith("--job")]
     # glibc raises its mmap threshold after large frees; PatchCore's coreset loop then fragments the
-    # heap (19 GB peak and 5x slower for 16 small images, docs/experiments.md). A fixed threshold,
+    # heap (19 GB peak and 5x slower for 16 small images, research/notebook.md). A fixed threshold,
     # the same for every model, keeps peak memory about what the models need.
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     rows, failures = [], []

@@ -2,14 +2,17 @@
 
 Merges one or more run folders (e.g. one per category) and writes to ``--out``:
 
-- ``table.md``: every metric, fit time, ms per image and peak memory per model and category;
+- ``table.md``: every metric, fit time, ms per image and peak memory per model and category, with the
+  anomaly map RGI's rows used (``mask``: the paper's map);
 - ``roc.png``: pixel-level ROC curves, one panel per category;
 - ``bars.png``: pixel AUROC and dataset-level Dice (best threshold) per category and model;
 - ``examples.png``: per category, three defective test crops: input, ground truth, each model's map;
 - ``defects.md``: pixel AUROC per defect type (that type's crops and the good ones), which shows
   what each model misses.
 
-    python scripts/report_peers.py results/peers/<run> [results/peers/<run> ...] --out docs/results/peers
+Figures and ``defects.md`` label RGI's rows ``variant [map]``.
+
+    python scripts/report_peers.py results/peers/<run> [results/peers/<run> ...] --out results/peers-report
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from anomalib_rgi.metrics import pixel_auroc_per_defect
-from compare_peers import markdown
+from anomalib_rgi.reporting import PEER_COLUMNS, markdown_table
 
 EXAMPLES = 3
 
@@ -47,7 +50,17 @@ def load(runs: list[Path]) -> tuple[list[dict], dict[str, dict[str, dict]], str]
         machines.add(result["machine"])
         for path in sorted((run / "maps").glob("*/*.npz")):
             maps.setdefault(path.parent.name, {})[path.stem] = dict(np.load(path))
+    labels = {(row["category"], row["model"]): label(row) for row in rows}
+    maps = {
+        category: {labels.get((category, model), model): outputs for model, outputs in models.items()}
+        for category, models in maps.items()
+    }
     return rows, maps, "; ".join(sorted(machines))
+
+
+def label(row: dict) -> str:
+    """A row's model, with the anomaly map it used where it has one of RGI's."""
+    return f"{row['model']} [{row['map']}]" if row.get("map") else row["model"]
 
 
 def roc_figure(maps: dict[str, dict[str, dict]], out: Path) -> None:
@@ -72,7 +85,7 @@ def roc_figure(maps: dict[str, dict[str, dict]], out: Path) -> None:
 def bars_figure(rows: list[dict], out: Path) -> None:
     """Pixel AUROC and best-threshold dataset Dice per category and model."""
     categories = list(dict.fromkeys(row["category"] for row in rows))
-    models = list(dict.fromkeys(row["model"] for row in rows))
+    models = list(dict.fromkeys(label(row) for row in rows))
     figure, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     width = 0.8 / len(models)
     for axis, metric, label in zip(
@@ -80,7 +93,7 @@ def bars_figure(rows: list[dict], out: Path) -> None:
     ):
         for index, model in enumerate(models):
             values = [
-                next((row[metric] for row in rows if row["category"] == c and row["model"] == model), None) or 0.0
+                next((row[metric] for row in rows if row["category"] == c and label(row) == model), None) or 0.0
                 for c in categories
             ]
             axis.bar(np.arange(len(categories)) + index * width, values, width, label=model)
@@ -150,7 +163,7 @@ def main() -> None:
     rows, maps, machine = load(args.runs)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = ", ".join(run.name for run in args.runs)
-    (args.out / "table.md").write_text(markdown(rows, f"Peer comparison (runs {runs}), {machine}"))
+    (args.out / "table.md").write_text(markdown_table(rows, PEER_COLUMNS, f"Peer comparison (runs {runs}), {machine}"))
     header = f"Pixel AUROC per defect type (that type's test crops and the good ones), runs {runs}, {machine}"
     (args.out / "defects.md").write_text(defect_table(maps, header))
     roc_figure(maps, args.out)

@@ -1,7 +1,7 @@
 """Train the GAN prior with several seeds and keep the one that validates best, then test it.
 
-Which seed a prior comes from moves its Dice as much as the epoch does (docs/experiments.md,
-2026-11-27, R-RGI as configs/rrgi.yaml: the best-validating of 5 seeds gave test Dice 0.477 on gravel,
+Which seed a prior comes from moves its Dice as much as the epoch does (docs/method.md; R-RGI with
+200 + 50 steps: the best-validating of 5 seeds gave test Dice 0.477 on gravel,
 0.680 on brick, against 0.447 and 0.653 on average over the seeds, the epoch chosen in both).
 ``select_epoch_every`` chooses the epoch inside one fit; this loop over ``--seed_everything`` chooses
 the seed, with anomalib's own commands:

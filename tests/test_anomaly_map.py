@@ -366,3 +366,20 @@ def test_a_prior_fitted_without_the_floor_is_refused_by_a_model_that_learns_one(
     with pytest.raises(RuntimeError, match="fitted without one"):
         tester.test(model=unlearned, datamodule=datamodule)
     assert tester.test(model=Rgi.load_from_checkpoint(checkpoint), datamodule=datamodule)[0]["pixel_AUROC"] > 0
+
+
+def test_scoring_another_map_learns_its_thresholds_again(fitted_with_features, tmp_path):
+    engine, _, datamodule = fitted_with_features
+    checkpoint = engine.trainer.checkpoint_callback.best_model_path
+    assert not Rgi.load_from_checkpoint(checkpoint).thresholds_stale
+    mask_only = Rgi.load_from_checkpoint(checkpoint, anomaly_map="mask")
+    assert mask_only.thresholds_stale  # learned for the mask plus the feature distance
+    Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1).test(
+        model=mask_only, datamodule=datamodule
+    )
+    validated = Rgi.load_from_checkpoint(checkpoint, anomaly_map="mask")
+    Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1).validate(
+        model=validated, datamodule=datamodule
+    )
+    relearned, expected = mask_only.post_processor.pixel_threshold, validated.post_processor.pixel_threshold
+    assert float(relearned) == pytest.approx(float(expected), rel=1e-4)

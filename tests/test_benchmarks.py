@@ -52,6 +52,8 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     fast, plain = rows[4]["inversion"], rows[5]["inversion"]
     assert (fast["steps"], fast["lr"]) == (10, 0.3)
     assert plain["lr"] == rows[0]["inversion"]["lr"] != 0.3  # a variant starts from the prior's own settings
+    assert {row["map"] for row in rows[:-1]} == {"mask"}  # the paper's map by default
+    assert rows[-1]["map"] is None
     for row in rows:
         assert 0 <= row["pixel_AUROC"] <= 1
         assert row["peak_rss_mb"] > 0
@@ -60,11 +62,11 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     run_script("report_peers.py", str(run), "--out", str(tmp_path / "report"), timeout=300)
     for name in ("table.md", "roc.png", "bars.png", "examples.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
-    assert "| gravel | Padim |" in (tmp_path / "report" / "table.md").read_text()
+    assert "| gravel | Padim | n/a |" in (tmp_path / "report" / "table.md").read_text()
     defects = (tmp_path / "report" / "defects.md").read_text()
     (columns,) = [line for line in defects.splitlines() if line.startswith("| gravel: model |")]
     assert set(columns.strip("| ").split(" | ")[1:]) <= set(DEFECT_TYPES)  # those in the tiny test half
-    assert "| R-RGI, 0 steps (encoder start, closed-form mask) | 0." in defects
+    assert "| R-RGI, 0 steps (encoder start, closed-form mask) [mask] | 0." in defects
     twice = subprocess.run(
         [sys.executable, str(SCRIPTS / "report_peers.py"), str(run), str(run), "--out", str(tmp_path / "twice")],
         check=False,
@@ -83,35 +85,17 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     run_script(
         "compare_peers.py",
         *("--tiny", "--categories", "gravel", "--models", "rgi", "--prior", f"gravel={checkpoint}"),
-        *("--rgi", "lam=0.05", "--rgi", "feature_weight=0.5", "--variants", "R-RGI", "RGI"),
+        *("--rgi", "lam=0.05", "--rgi", "anomaly_map=mask+feature_distance", "--rgi", "feature_weight=0.5"),
+        *("--variants", "R-RGI", "RGI"),
         *("--data-root", data, "--out", str(tmp_path / "rescored")),
         timeout=600,
     )
     (rescored,) = (tmp_path / "rescored").iterdir()
     rescored_rows = json.loads((rescored / "results.json").read_text())["rows"]
-    assert [row["model"] for row in rescored_rows] == ["RGI + feature map x0.5", "R-RGI + feature map x0.5"]
+    assert [row["model"] for row in rescored_rows] == ["RGI", "R-RGI"]
+    assert {row["map"] for row in rescored_rows} == {"mask + feature distance x0.5"}
     assert all(row["fit_s"] is None and 0 <= row["pixel_AUROC"] <= 1 for row in rescored_rows)
     assert "'lam': 0.05" in (rescored / "table.md").read_text()
-    run_script(
-        "sweep_fast.py",
-        *("--checkpoint", f"gravel={checkpoint}", "--data-root", data, "--out", str(tmp_path / "sweep")),
-        *("--long-steps", "4", "--steps", "0", "2", "--lr", "0.1", "0.3", "--mask-lr", "0.1", "--half", "validation"),
-        timeout=300,
-    )
-    (sweep_run,) = (tmp_path / "sweep").iterdir()
-    sweep_rows = json.loads((sweep_run / "results.json").read_text())["rows"]
-    assert [(row["steps"], row["mask_solver"], row["lr"]) for row in sweep_rows] == [
-        (4, "adam", 0.1),
-        (0, "closed_form", 0.1),  # Adam's mask needs a step
-        (0, "closed_form", 0.3),
-        (2, "adam", 0.1),
-        (2, "closed_form", 0.1),
-        (2, "adam", 0.3),
-        (2, "closed_form", 0.3),
-    ]
-    assert sweep_rows[0]["dice_gap"] == 0
-    assert "(test split: validation)" in (sweep_run / "table.md").read_text()
-
     run_script(
         "benchmark_speed.py",
         *("--checkpoint", str(checkpoint), "--category", "gravel", "--data-root", data),

@@ -120,7 +120,7 @@ def test_export_at_another_size_is_refused(exported, tmp_path):
 
 
 # Weight-only compression must keep the maps; the quality of quantized activations is measured on a
-# trained prior by experiments/compression.py (a 1-epoch tiny prior is no guide), so for the calibrated
+# trained prior (research/notebook.md, 2026-11-28; a 1-epoch tiny prior is no guide), so for the calibrated
 # types the test asks that the quantization happened and that the graph scores.
 @pytest.mark.parametrize(
     ("compression", "min_correlation"), [("FP16", 0.99), ("INT8", 0.98), ("INT8_PTQ", None), ("INT8_ACQ", None)]

@@ -190,7 +190,9 @@ def test_training_set_smaller_than_a_batch_and_single_image_batches(tmp_path):
 
 def test_mixed_precision_trains_and_scores_in_float32(tiny_data_root, tmp_path):
     """Under ``precision="bf16-mixed"`` the GAN trains in bfloat16; scoring (lam / 2 = 0.01) must not."""
-    engine, model, datamodule = fit_tiny(tiny_data_root, tmp_path, precision="bf16-mixed", feature_weight=0.5)
+    engine, model, datamodule = fit_tiny(
+        tiny_data_root, tmp_path, precision="bf16-mixed", anomaly_map="mask+feature_distance", feature_weight=0.5
+    )
     metrics = engine.test(model=model, datamodule=datamodule)[0]
     assert 0.0 <= metrics["pixel_AUROC"] <= 1.0
     assert list(tmp_path.rglob("images/**/*.png")), "the visualizer wrote no pictures"
@@ -205,7 +207,7 @@ def test_mixed_precision_trains_and_scores_in_float32(tiny_data_root, tmp_path):
 def test_validation_on_good_images_alone_learns_thresholds_that_pass_them(tiny_data_root, tmp_path):
     """Good parts only: ``val_split_mode="from_train"`` and the last epoch (no masks to choose one with)."""
     datamodule = RgiTextures(root=tiny_data_root, category="grass", **TINY_DATA, val_split_mode="from_train")
-    model = Rgi(**TINY_MODEL, feature_weight=0.5)
+    model = Rgi(**TINY_MODEL, anomaly_map="mask+feature_distance", feature_weight=0.5)
     engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
     engine.fit(model=model, datamodule=datamodule)
     assert all(int(item.gt_label) == 0 for item in datamodule.val_data)

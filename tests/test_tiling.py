@@ -18,7 +18,9 @@ from .conftest import TINY_MODEL, fit_tiny
 def tiled(tmp_path_factory):
     work = tmp_path_factory.mktemp("tiled")
     build_category(work / "data", "grass", crop_size=64, num_train=16, num_test_good=4, num_test_defective=4, seed=0)
-    engine, model, datamodule = fit_tiny(work / "data", work, crop_size=64, input_size=64, feature_weight=0.5)
+    engine, model, datamodule = fit_tiny(
+        work / "data", work, crop_size=64, input_size=64, anomaly_map="mask+feature_distance", feature_weight=0.5
+    )
     metrics = engine.test(model=model, datamodule=datamodule)[0]
     return engine, model.eval(), metrics, work
 
@@ -34,7 +36,13 @@ def test_tiles_are_the_images_crops_and_stitch_back():
 
 def test_each_tile_is_scored_as_the_prior_scores_it_alone(tiled):
     _, model, _, _ = tiled
-    plain = RgiModel(**{key: value for key, value in TINY_MODEL.items() if key != "max_epochs"}, feature_weight=0.5)
+    plain = RgiModel(
+        image_size=32,
+        **TINY_MODEL["prior"],
+        solver={"steps": TINY_MODEL["steps"]},
+        anomaly_map="mask+feature_distance",
+        feature_weight=0.5,
+    )
     plain.load_state_dict(model.model.state_dict())
     plain.eval()
     images = torch.rand(2, 3, 64, 64)

@@ -26,8 +26,8 @@ from anomalib_rgi.io import list_images, prepare_output
 from anomalib_rgi.models.rgi import Rgi
 from anomalib_rgi.models.rgi.inversion import MASK_SOLVERS
 
-# Chosen on tuning crops the inpainting table never uses (experiments/inpainting_probe.py, seed 1;
-# docs/experiments.md): the best lam is 0.05 on brick and 0.2 on grass and gravel, whose normal
+# Chosen on tuning crops the inpainting table never uses (docs/method.md, "Inpainting"): the best
+# lam is 0.05 on brick and 0.2 on grass and gravel, whose normal
 # residuals are larger; 0.1 loses at most 0.44 dB (mean over three corruptions) on any of them.
 RESTORATION_SETTINGS: dict[str, float | str] = {"mask_solver": "closed_form", "lam": 0.1}
 

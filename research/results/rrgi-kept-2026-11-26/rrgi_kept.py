@@ -20,8 +20,9 @@ from anomalib_rgi import Rgi
 from anomalib_rgi.data.textures import load_test_split
 
 sys.path.insert(0, str(Path(__file__).parents[3] / "scripts"))
-from compare_peers import category_checkpoint
 from sweep_fast import score
+
+from compare_peers import category_checkpoint
 
 
 def main() -> None:

@@ -41,6 +41,11 @@ def map_kind(settings: MapSettings) -> str:
     return "+".join(["mask", *weighted])
 
 
+def image_score(anomaly_map: torch.Tensor) -> torch.Tensor:
+    """Return each image's anomaly score: the maximum of its map, ``(N,)``."""
+    return anomaly_map.flatten(1).amax(dim=1)
+
+
 def weigh(parts: dict[str, torch.Tensor], settings: MapSettings) -> torch.Tensor:
     """Return the anomaly map of :meth:`AnomalyMap.parts`' parts at these settings.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
+
+from .map_selection import learn_thresholds
 
 if TYPE_CHECKING:
     from .lightning_model import Rgi
@@ -164,7 +167,8 @@ class FeaturePartsPreparation(Callback):
     A fit fits the feature prior when it starts. Scoring a prior with a map it was fitted without
     (``anomalib test --model.anomaly_map mask+feature_prior --ckpt_path <prior>``) fits and calibrates
     the new part first, then learns the thresholds again on the validation images, as ``validate``
-    would: the checkpoint's were learned for another map.
+    would: the checkpoint's were learned for another map. Scoring with another weight, or with the
+    mask alone, learns them again too.
 
     Args:
         feature_prior_steps (int): Adam steps that fit the feature prior.
@@ -178,21 +182,24 @@ class FeaturePartsPreparation(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: Rgi) -> None:
         """Fit the feature prior unless the prior already has it (a resumed fit)."""
-        self._fit_feature_prior(trainer, pl_module)
+        self._prepare(trainer, pl_module)
 
     def on_validation_start(self, trainer: Trainer, pl_module: Rgi) -> None:
         """Prepare the parts; this validation then learns the thresholds for them."""
         self._prepare(trainer, pl_module)
 
     def on_test_start(self, trainer: Trainer, pl_module: Rgi) -> None:
-        """Prepare the parts and learn the thresholds for them."""
-        if self._prepare(trainer, pl_module):
-            self._relearn_thresholds(trainer, pl_module)
+        """Prepare the parts; learn the thresholds again if the map is not the one they were learned for."""
+        self._prepare_and_relearn(trainer, pl_module)
 
     def on_predict_start(self, trainer: Trainer, pl_module: Rgi) -> None:
-        """Prepare the parts and learn the thresholds for them."""
-        if self._prepare(trainer, pl_module):
+        """Prepare the parts; learn the thresholds again if the map is not the one they were learned for."""
+        self._prepare_and_relearn(trainer, pl_module)
+
+    def _prepare_and_relearn(self, trainer: Trainer, pl_module: Rgi) -> None:
+        if self._prepare(trainer, pl_module) or pl_module.thresholds_stale:
             self._relearn_thresholds(trainer, pl_module)
+            pl_module.thresholds_stale = False
 
     @staticmethod
     def _training_images(trainer: Trainer, pl_module: Rgi, limit: int) -> torch.Tensor | None:
@@ -204,29 +211,15 @@ class FeaturePartsPreparation(Callback):
         count = min(limit, len(train_data))
         return torch.cat([resize(train_data[index].image[None]) for index in range(count)]).to(pl_module.device)
 
-    def _fit_feature_prior(self, trainer: Trainer, pl_module: Rgi) -> bool:
-        prior = pl_module.model.anomaly_map.feature_prior
-        if prior is None or prior.fitted:
+    def _prepare(self, trainer: Trainer, pl_module: Rgi) -> bool:
+        """Whether a part was prepared now (the checkpoint's thresholds then predate it)."""
+        if not pl_module.model.feature_parts_unprepared:
             return False
         limit = max(1, self.feature_prior_tiles // pl_module.model.tiles_per_side**2)
         if (images := self._training_images(trainer, pl_module, limit)) is None:
             return False
-        pl_module.model.fit_feature_prior(images, self.feature_prior_steps)
-        logger.info("Rgi: feature prior fitted on %d training images.", len(images))
-        return True
-
-    def _prepare(self, trainer: Trainer, pl_module: Rgi) -> bool:
-        """Whether a part was prepared now (the checkpoint's thresholds then predate it)."""
-        scales = pl_module.model.anomaly_map.scales()
-        if not scales:
-            return False
-        fitted_now = self._fit_feature_prior(trainer, pl_module)
-        if not (fitted_now or any(torch.isnan(scale) for scale in scales.values())):
-            return False
-        if (images := self._training_images(trainer, pl_module, 32)) is None:
-            return False
-        calibrated = pl_module.model.calibrate_feature_scale(images)
-        logger.info("Rgi: feature parts calibrated on %d training images (scales %s).", len(images), calibrated)
+        pl_module.model.prepare_feature_parts(images, self.feature_prior_steps)
+        logger.info("Rgi: feature parts fitted and calibrated on %d training images.", len(images))
         return True
 
     @staticmethod
@@ -251,13 +244,15 @@ class FeaturePartsPreparation(Callback):
                 "or score with the map the prior was fitted with."
             )
             raise RuntimeError(msg)
-        for index, loaded in enumerate(datamodule.val_dataloader()):
-            batch = move_data_to_device(loaded, pl_module.device)
-            if isinstance(pl_module.pre_processor, PreProcessor):
-                pl_module.pre_processor.on_validation_batch_start(trainer, pl_module, batch, index)
-            scored = pl_module.test_step(batch, index)
-            post_processor.on_validation_batch_end(trainer, pl_module, scored, batch, index)
-        post_processor.on_validation_epoch_end(trainer, pl_module)
+
+        def scored() -> Iterator[object]:
+            for index, loaded in enumerate(datamodule.val_dataloader()):
+                batch = move_data_to_device(loaded, pl_module.device)
+                if isinstance(pl_module.pre_processor, PreProcessor):
+                    pl_module.pre_processor.on_validation_batch_start(trainer, pl_module, batch, index)
+                yield pl_module.test_step(batch, index)
+
+        learn_thresholds(post_processor, trainer, pl_module, scored())
         logger.info(
             "Rgi: thresholds learned again on %d validation images (pixel %.4g -> %.4g).",
             len(datamodule.val_data),

@@ -82,7 +82,7 @@ def read_checkpoint(path: str | Path, safe_globals: list) -> dict[str, Any]:
 
 def match_map_state(
     state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], fixed_map: bool, floor_learned: bool
-) -> None:
+) -> bool:
     """Let a prior be scored with whichever map a model names, whatever it was fitted with (in place).
 
     The feature network's weights are fixed ImageNet ones: a checkpoint without them gets the model's;
@@ -95,6 +95,10 @@ def match_map_state(
         own (dict[str, torch.Tensor]): The receiving model's state dict.
         fixed_map (bool): The model names its map (not ``best_on_validation``).
         floor_learned (bool): The model learns its mask floor (``mask_floor_quantile > 0``).
+
+    Returns:
+        bool: Whether the model will score with another map than the checkpoint's thresholds were
+        learned for (they must then be learned again).
 
     """
     prefix = "model.anomaly_map."
@@ -111,4 +115,6 @@ def match_map_state(
         saved[floor:] = 0.0
     elif not saved[floor + 1]:
         saved[floor] = float("nan")  # fitted without a floor: scoring refuses rather than use none
+    changed = not torch.equal(saved[: floor + 1], state[f"{prefix}saved_settings"][: floor + 1])
     state[f"{prefix}saved_settings"] = saved
+    return changed

@@ -39,7 +39,7 @@ from torchvision.transforms.v2 import Resize
 from anomalib_rgi.metrics import Dice, FalseAlarmRate, PerImageBestDice
 from anomalib_rgi.visualization import RgiVisualizer
 
-from .anomaly_map import FEATURE_PARTS, MapKind, map_kind, weigh
+from .anomaly_map import FEATURE_PARTS, MapKind, image_score, map_kind, weigh
 from .callbacks import (
     CollapseMonitor,
     DistributedFit,
@@ -51,7 +51,7 @@ from .checkpoint import check_rgi_checkpoint, match_map_state, read_checkpoint
 from .export import RgiExportMixin
 from .inversion import InversionResult
 from .loss import CriticLoss, GeneratorLoss, corrupt
-from .map_selection import KeptBatch, choose_settings, learn_thresholds
+from .map_selection import KeptBatch, choose_settings, learn_thresholds, weighed_batch
 from .networks import sample_diversity
 from .settings import ADVANCED_SOLVER, PRIOR_DEFAULTS, advanced_settings, check_arguments
 from .torch_model import RgiModel
@@ -169,6 +169,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
         self._calibration_images: torch.Tensor | None = None  # defect-free crops for the feature parts' scales
         self._validation_parts: list[KeptBatch] = []  # map parts of a fit's validation, to weigh and choose
         self._validation_score: float | None = None  # this validation's Dice (None: no defect masks)
+        self.thresholds_stale = False  # loaded thresholds were learned for another map than this model's
 
     def configure_callbacks(self) -> list[Callback]:
         """Anomalib's components, the feature parts' preparation and, for a fit, :mod:`.callbacks`' others.
@@ -223,7 +224,8 @@ class Rgi(RgiExportMixin, AnomalibModule):
         """
         check_rgi_checkpoint(checkpoint, dict(self.hparams))
         own = self.model.anomaly_map
-        match_map_state(checkpoint["state_dict"], self.state_dict(), own.kind != "best_on_validation", own.learn_floor)
+        fixed = own.kind != "best_on_validation"
+        self.thresholds_stale = match_map_state(checkpoint["state_dict"], self.state_dict(), fixed, own.learn_floor)
         super().on_load_checkpoint(checkpoint)
         self._kept_validation = checkpoint.get("rgi_kept_validation")
 
@@ -396,7 +398,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
         self._validation_parts.append(
             ({name: part.cpu() for name, part in parts.items()}, batch.gt_mask, batch.gt_label)
         )
-        predictions = InferenceBatch(pred_score=maps.flatten(1).amax(dim=1), anomaly_map=maps)
+        predictions = InferenceBatch(pred_score=image_score(maps), anomaly_map=maps)
         return self._fill(batch, result, predictions)
 
     def on_validation_epoch_end(self) -> None:
@@ -410,7 +412,10 @@ class Rgi(RgiExportMixin, AnomalibModule):
         kept, self._validation_parts = self._validation_parts, []
         anomaly_map = self.model.anomaly_map
         settings, score, options = choose_settings(
-            kept, anomaly_map.settings, anomaly_map.candidates, self.hparams.mask_floor_quantile
+            kept,
+            anomaly_map.settings,
+            anomaly_map.candidates,
+            anomaly_map.learn_floor and self.hparams.mask_floor_quantile,
         )
         # Each process has scored its share of the images: all keep process 0's choice, and its Dice
         # chooses the epoch in every process alike.
@@ -420,13 +425,14 @@ class Rgi(RgiExportMixin, AnomalibModule):
         if len(options) > 1:
             logger.info(
                 "Rgi: validation Dice per map %s; keeping %s.",
-                {k: round(v, 4) for k, v in options.items()},
+                {name: round(dice, 4) for name, dice in options.items()},
                 map_kind(settings),
             )
         if settings != anomaly_map.settings:
             anomaly_map.set_settings(settings)
             if isinstance(self.post_processor, PostProcessor):
-                learn_thresholds(self.post_processor, self.trainer, self, kept, settings)
+                batches = (weighed_batch(parts, settings, self.device, *truth) for parts, *truth in kept)
+                learn_thresholds(self.post_processor, self.trainer, self, batches)
 
     def validation_dice(self, required_by: str) -> float:
         """Return the last validation's Dice at the best threshold, computed by the model itself.

@@ -8,6 +8,7 @@ from those kept parts; the validation Dice they compute is the one that also cho
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from types import SimpleNamespace
 
 import torch
@@ -15,7 +16,7 @@ from anomalib.metrics import F1Max
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 
-from .anomaly_map import MapSettings, weigh
+from .anomaly_map import MapSettings, image_score, weigh
 
 # One validation batch: the map's parts, the ground-truth masks and labels (either may be None).
 KeptBatch = tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]
@@ -44,18 +45,25 @@ def good_mask_level(kept: list[KeptBatch], quantile: float) -> float:
     return float(values.kthvalue(max(1, math.ceil(quantile * values.numel()))).values)
 
 
-def weighed_batch(parts: dict[str, torch.Tensor], settings: MapSettings, device: torch.device) -> SimpleNamespace:
-    """Anomalib's prediction fields for kept parts at these settings: maps ``(N, H, W)`` and their maxima."""
+def weighed_batch(
+    parts: dict[str, torch.Tensor],
+    settings: MapSettings,
+    device: torch.device,
+    gt_mask: torch.Tensor | None = None,
+    gt_label: torch.Tensor | None = None,
+) -> SimpleNamespace:
+    """Anomalib's batch fields for kept parts at these settings: maps ``(N, H, W)``, scores and ground truth."""
     anomaly_map = weigh({name: part.to(device) for name, part in parts.items()}, settings).squeeze(1)
-    return SimpleNamespace(anomaly_map=anomaly_map, pred_score=anomaly_map.flatten(1).amax(dim=1))
+    return SimpleNamespace(
+        anomaly_map=anomaly_map, pred_score=image_score(anomaly_map), gt_mask=gt_mask, gt_label=gt_label
+    )
 
 
 def validation_dice(kept: list[KeptBatch], settings: MapSettings) -> float:
     """Dataset-level Dice at the best threshold (``val_pixel_F1Max``) of the map these settings give."""
     dice = F1Max(fields=["anomaly_map", "gt_mask"])
     for parts, gt_mask, _ in kept:
-        weighed = weighed_batch(parts, settings, torch.device("cpu"))
-        dice.update(SimpleNamespace(anomaly_map=weighed.anomaly_map, gt_mask=gt_mask.cpu()))
+        dice.update(weighed_batch(parts, settings, torch.device("cpu"), gt_mask.cpu()))
     return float(dice.compute())
 
 
@@ -106,16 +114,18 @@ def _describe(settings: MapSettings) -> str:
 
 
 def learn_thresholds(
-    post_processor: PostProcessor,
-    trainer: Trainer,
-    module: LightningModule,
-    kept: list[KeptBatch],
-    settings: MapSettings,
+    post_processor: PostProcessor, trainer: Trainer, module: LightningModule, batches: Iterable[object]
 ) -> None:
-    """Learn the post-processor's thresholds and normalisation anew from kept parts at these settings."""
-    for parts, gt_mask, gt_label in kept:
-        weighed = weighed_batch(parts, settings, module.device)
-        post_processor.on_validation_batch_end(
-            trainer, module, SimpleNamespace(**vars(weighed), gt_mask=gt_mask, gt_label=gt_label)
-        )
+    """Learn the post-processor's thresholds and normalisation anew, as a validation would, from these batches.
+
+    Args:
+        post_processor (PostProcessor): Anomalib's post-processor of ``module``.
+        trainer (Trainer): The running trainer.
+        module (LightningModule): The model.
+        batches (Iterable[object]): Scored validation batches (``anomaly_map``, ``pred_score``,
+            ``gt_mask``, ``gt_label``).
+
+    """
+    for batch in batches:
+        post_processor.on_validation_batch_end(trainer, module, batch)
     post_processor.on_validation_epoch_end(trainer, module)

@@ -13,7 +13,7 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from .anomaly_map import AnomalyMap, MapKind
+from .anomaly_map import AnomalyMap, MapKind, image_score
 from .inversion import MASK_SOLVERS, InversionResult, best_of_pool, invert, is_tracing
 from .networks import Critic, Encoder, Generator
 from .tiling import tile, untile
@@ -225,6 +225,33 @@ class RgiModel(nn.Module):
         embeddings = torch.cat([embed(batch, 2 * self.image_size) for batch in tiles.split(32)])
         anomaly_map.feature_prior.fit(embeddings, steps)
 
+    @property
+    def feature_parts_unprepared(self) -> bool:
+        """Whether the map has a feature part that is not fitted or not calibrated (a prior fitted without it)."""
+        prior = self.anomaly_map.feature_prior
+        unfitted = prior is not None and not prior.fitted
+        return unfitted or any(torch.isnan(scale) for scale in self.anomaly_map.scales().values())
+
+    def prepare_feature_parts(self, images: torch.Tensor, feature_prior_steps: int = 1000) -> bool:
+        """Fit the feature prior if unfitted and calibrate the feature parts, on defect-free ``images``.
+
+        Args:
+            images (torch.Tensor): Good images in [0, 1] (the feature prior is fitted on all, the
+                scales are calibrated on the first 32).
+            feature_prior_steps (int): Adam steps that fit the feature prior.
+
+        Returns:
+            bool: Whether anything was prepared (False when every part was ready).
+
+        """
+        if not self.feature_parts_unprepared:
+            return False
+        prior = self.anomaly_map.feature_prior
+        if prior is not None and not prior.fitted:
+            self.fit_feature_prior(images, feature_prior_steps)
+        self.calibrate_feature_scale(images[:32])
+        return True
+
     @torch.no_grad()
     def calibrate_feature_scale(self, images: torch.Tensor) -> dict[str, float]:
         """Match each feature part's scale to the mask map's on defect-free ``images`` (in [0, 1]).
@@ -248,7 +275,7 @@ class RgiModel(nn.Module):
         """Anomalib's predictions from an inversion: ``anomaly_map`` (stitched) and ``pred_score`` (its maximum)."""
         with _float32(result.target):
             anomaly_map = self.untile(self.anomaly_map(result))
-        return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=image_score(anomaly_map), anomaly_map=anomaly_map)
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Score a batch of images in [0, 1]."""
