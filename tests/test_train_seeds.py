@@ -40,6 +40,7 @@ def _tiny_config(tmp_path: Path, root: Path, **model: object) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_the_best_validating_seed_is_kept_and_tested(tiny_data_root, tmp_path):
     config, runs = _tiny_config(tmp_path, tiny_data_root), tmp_path / "runs"
     result = _train_seeds("--config", str(config), "--seeds", "0", "1", "--root", str(runs))
@@ -58,6 +59,7 @@ def test_the_best_validating_seed_is_kept_and_tested(tiny_data_root, tmp_path):
     assert not list(runs.rglob("*.partial"))
 
 
+@pytest.mark.slow
 def test_failing_seeds_are_reported_and_no_result_is_written(tiny_data_root, tmp_path):
     # select_epoch_every must divide max_epochs: every fit stops before training.
     config, runs = _tiny_config(tmp_path, tiny_data_root, max_epochs=3, select_epoch_every=2), tmp_path / "runs"
