@@ -119,3 +119,15 @@ def test_selection_without_defect_masks_in_validation_says_so(tiny_data_root, tm
     advice += ".*FalseAlarmPostProcessor"
     with pytest.raises(ValueError, match=advice):
         engine.fit(Rgi(**{**TINY_MODEL, "select_epoch_every": 1}), datamodule=datamodule)
+
+
+def test_selection_does_not_depend_on_the_evaluators_metrics(tiny_data_root, tmp_path):
+    """A custom evaluator without a validation F1Max: the model measures its own validation Dice."""
+    from anomalib.metrics import AUROC, Evaluator
+
+    evaluator = Evaluator(test_metrics=[AUROC(fields=["pred_score", "gt_label"], prefix="image_")])
+    engine, _, _ = fit_tiny(tiny_data_root, tmp_path, max_epochs=2, select_epoch_every=1, evaluator=evaluator)
+    assert "val_pixel_F1Max" not in engine.trainer.callback_metrics
+    assert float(engine.trainer.callback_metrics["selected_epoch"]) in {0.0, 1.0}
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    assert 0 < Rgi.kept_validation(checkpoint)["val_pixel_F1Max"] <= 1

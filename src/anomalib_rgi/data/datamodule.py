@@ -8,24 +8,27 @@ from anomalib.data import MVTecAD
 from anomalib.data.utils import TestSplitMode, ValSplitMode
 from torchvision.transforms.v2 import Transform
 
-from .textures import CATEGORIES, build_category
+from .textures import VERSIONS, build_category, categories
 
 
 class RgiTextures(MVTecAD):
-    """MVTec-layout crops of scikit-image's brick, grass and gravel photographs.
+    """MVTec-layout crops of scikit-image's brick, grass and gravel photographs (and, in version 2, a colour fabric).
 
-    ``prepare_data`` writes the category under ``root`` if it is not there yet (about a second; no
-    download), then anomalib's MVTec AD reader loads it. Half of the test crops carry a synthetic
-    defect (scratch, stain, hole or foreign material) with an exact mask.
+    ``prepare_data`` writes the category under ``root`` if it is not there yet (seconds; no
+    download), then anomalib's MVTec AD reader loads it. Test crops carry synthetic defects with exact
+    masks: in version 1 (the default) scratches, stains, holes and foreign material, hard-edged and
+    high-contrast; version 2 adds translucent stains, soft burns, thin branching cracks, shading
+    dents, smeared texture and particles, and the colour ``"fabric"`` category with hue shifts too.
 
     Args:
-        root (Path | str): Folder of the built data set.
-        category (str): ``"brick"``, ``"grass"`` or ``"gravel"``.
+        root (Path | str): Folder of the built data set (version 2 is built in its ``v2`` subfolder).
+        category (str): ``"brick"``, ``"grass"``, ``"gravel"``, or in version 2 ``"fabric"``.
         crop_size (int): Side of the crops in pixels.
         num_train (int): Defect-free training crops.
         num_test_good (int): Defect-free test crops.
-        num_test_defective (int): Defective test crops.
+        num_test_defective (int | None): Defective test crops (``None``: 40 in version 1, 12 per kind in version 2).
         build_seed (int): Seed of crops and defects.
+        version (int): Version of the data set, 1 or 2.
         train_batch_size (int): Training batch size.
         eval_batch_size (int): Validation/test batch size.
         num_workers (int): Data loader workers.
@@ -49,8 +52,9 @@ class RgiTextures(MVTecAD):
         crop_size: int = 128,
         num_train: int = 240,
         num_test_good: int = 40,
-        num_test_defective: int = 40,
+        num_test_defective: int | None = None,
         build_seed: int = 0,
+        version: int = 1,
         train_batch_size: int = 16,
         eval_batch_size: int = 40,
         num_workers: int = 0,
@@ -64,11 +68,16 @@ class RgiTextures(MVTecAD):
         val_split_ratio: float = 0.5,
         seed: int | None = 0,
     ) -> None:
-        if category not in CATEGORIES:
-            msg = f"Unknown RgiTextures category {category!r}; choose one of {CATEGORIES}."
+        if version not in VERSIONS:
+            msg = f"RgiTextures version must be one of {VERSIONS}, got {version!r}."
+            raise ValueError(msg)
+        if category not in categories(version):
+            msg = (
+                f"Unknown RgiTextures category {category!r} for version {version}; choose one of {categories(version)}."
+            )
             raise ValueError(msg)
         super().__init__(
-            root=root,
+            root=Path(root) / "v2" if version == 2 else root,
             category=category,
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
@@ -89,6 +98,7 @@ class RgiTextures(MVTecAD):
             "num_test_good": num_test_good,
             "num_test_defective": num_test_defective,
             "seed": build_seed,
+            "version": version,
         }
 
     @property

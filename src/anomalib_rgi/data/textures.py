@@ -1,9 +1,11 @@
-"""Built-in, offline data set: MVTec-layout crops of scikit-image's texture photographs.
+"""Built-in, offline data set: MVTec-layout crops of texture images with synthetic defects.
 
-scikit-image ships three 512 x 512 grayscale texture photographs (brick, grass, gravel). Each becomes
-one category: training crops come from the top 60% of the rows, test crops from the bottom 40%, so
-no test pixel was ever seen in training. Half of the test crops receive a synthetic defect with an
-exact ground-truth mask. Everything is deterministic for a seed.
+scikit-image ships three 512 x 512 grayscale texture photographs (brick, grass, gravel); version 2
+adds a procedural colour fabric (:func:`fabric`). Each becomes one category: training crops come from
+the top 60% of the rows, test crops from the bottom 40%, so no test pixel was ever seen in training.
+Test crops receive synthetic defects with exact ground-truth masks (:mod:`.defects`): version 1 has
+four hard-edged, high-contrast kinds; version 2 ten, faint and soft ones among them, and on the colour
+category also hue shifts. Everything is deterministic for a seed.
 
 Layout written (the MVTec AD convention, so anomalib's ``MVTecAD`` reader loads it)::
 
@@ -20,7 +22,6 @@ import logging
 import os
 import shutil
 import tempfile
-from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,32 +29,72 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from .defects import COLOUR_DEFECT_TYPES, DEFECT_TYPES_V1, DEFECT_TYPES_V2, add_defect
+
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
 CATEGORIES = ("brick", "grass", "gravel")
-DEFECT_TYPES = ("scratch", "stain", "hole", "foreign")
+COLOUR_CATEGORIES = ("fabric",)
+DEFECT_TYPES = DEFECT_TYPES_V1
 TRAIN_ROW_FRACTION = 0.6
-BUILD_VERSION = 1
+VERSIONS = (1, 2)
+CROPS_PER_KIND_V2 = 12
+
+
+def categories(version: int = 1) -> tuple[str, ...]:
+    """Return the categories of a version of the data set (version 2 adds the colour fabric)."""
+    return CATEGORIES if version == 1 else (*CATEGORIES, *COLOUR_CATEGORIES)
+
+
+def defect_types(category: str, version: int = 1) -> tuple[str, ...]:
+    """Return the defect kinds a category has in a version of the data set."""
+    if version == 1:
+        return DEFECT_TYPES_V1
+    return COLOUR_DEFECT_TYPES if category in COLOUR_CATEGORIES else DEFECT_TYPES_V2
+
+
+def fabric(size: int = 512) -> np.ndarray:
+    """Return a procedural plain-weave fabric in colour, ``(size, size, 3)`` float32 in [0, 1].
+
+    Navy warp and ochre weft threads 4 px wide, each thread with its own shade and slow slubs along
+    it, a rounded thread profile and fibre noise: a textile with the colour a hue shift can change.
+    """
+    rng = np.random.default_rng(20261206)
+    width = 4
+    yy, xx = np.mgrid[0:size, 0:size]
+    warp_thread, weft_thread = xx // width, yy // width
+    over = (warp_thread + weft_thread) % 2 == 0
+    threads = size // width + 1
+    warp_colour = np.array([0.16, 0.24, 0.52]) * rng.uniform(0.85, 1.15, size=(threads, 1))
+    weft_colour = np.array([0.78, 0.60, 0.28]) * rng.uniform(0.85, 1.15, size=(threads, 1))
+    slubs = 1.0 + 0.12 * ndimage.gaussian_filter(rng.normal(size=(2, threads, size)), sigma=(0, 0, 12)) * 4
+    profile = 0.8 + 0.2 * np.cos(np.pi * ((np.arange(size) % width) - (width - 1) / 2) / width)
+    warp = warp_colour[warp_thread] * (profile[xx] * slubs[0][warp_thread, yy])[..., None]
+    weft = weft_colour[weft_thread] * (profile[yy] * slubs[1][weft_thread, xx])[..., None]
+    image = np.where(over[..., None], warp, weft) + rng.normal(scale=0.025, size=(size, size, 3))
+    return np.clip(ndimage.gaussian_filter(image, sigma=(0.6, 0.6, 0)), 0.0, 1.0).astype(np.float32)
 
 
 def load_photograph(category: str) -> np.ndarray:
     """Return one of scikit-image's texture photographs as float32 in [0, 1].
 
     Args:
-        category (str): ``"brick"``, ``"grass"`` or ``"gravel"``.
+        category (str): ``"brick"``, ``"grass"``, ``"gravel"`` or the colour ``"fabric"`` (procedural).
 
     Returns:
-        np.ndarray: Grayscale image of shape ``(512, 512)``.
+        np.ndarray: Grayscale image ``(512, 512)``; for ``"fabric"`` colour, ``(512, 512, 3)``.
 
     Raises:
-        ValueError: If ``category`` is not one of :data:`CATEGORIES`.
+        ValueError: If ``category`` is not one of :func:`categories` of version 2.
 
     """
+    if category in COLOUR_CATEGORIES:
+        return fabric()
     if category not in CATEGORIES:
-        msg = f"Unknown texture category {category!r}; choose one of {CATEGORIES}."
+        msg = f"Unknown texture category {category!r}; choose one of {categories(2)}."
         raise ValueError(msg)
     from skimage import data as skimage_data  # noqa: PLC0415  (heavy import, only needed when building)
 
@@ -66,81 +107,10 @@ def _random_crop(photo: np.ndarray, rows: tuple[int, int], size: int, rng: np.ra
     return photo[top : top + size, left : left + size].copy()
 
 
-def _blob_mask(size: int, rng: np.random.Generator, min_radius: float, max_radius: float) -> np.ndarray:
-    """Irregular blob: an ellipse whose boundary is perturbed by smooth noise."""
-    radius_y, radius_x = rng.uniform(min_radius, max_radius, size=2)
-    cy, cx = rng.uniform(max(radius_y, radius_x) + 2, size - max(radius_y, radius_x) - 2, size=2)
-    angle = rng.uniform(0, np.pi)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    dy, dx = yy - cy, xx - cx
-    u = dx * np.cos(angle) + dy * np.sin(angle)
-    v = -dx * np.sin(angle) + dy * np.cos(angle)
-    noise = ndimage.gaussian_filter(rng.normal(size=(size, size)), sigma=size / 16)
-    noise = noise / (np.abs(noise).max() + 1e-8)
-    return (u / radius_x) ** 2 + (v / radius_y) ** 2 + 0.35 * noise < 1.0
-
-
-def _scratch_mask(size: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw a thin curved line across part of the image."""
-    from skimage.draw import line  # noqa: PLC0415
-
-    mask = np.zeros((size, size), dtype=bool)
-    points = rng.uniform(0.15 * size, 0.85 * size, size=(2, 2))
-    control = points.mean(axis=0) + rng.normal(scale=size / 8, size=2)
-    t = np.linspace(0.0, 1.0, 24)[:, None]
-    curve = (1 - t) ** 2 * points[0] + 2 * (1 - t) * t * control + t**2 * points[1]
-    curve = np.clip(np.round(curve), 0, size - 1).astype(int)
-    for (r0, c0), (r1, c1) in pairwise(curve):
-        rr, cc = line(r0, c0, r1, c1)
-        mask[rr, cc] = True
-    width = int(rng.integers(1, 3))
-    return ndimage.binary_dilation(mask, iterations=width)
-
-
-def add_defect(
-    crop: np.ndarray,
-    defect: str,
-    rng: np.random.Generator,
-    foreign: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Plant one synthetic defect in a crop.
-
-    Args:
-        crop (np.ndarray): Grayscale crop in [0, 1].
-        defect (str): One of :data:`DEFECT_TYPES`.
-        rng (np.random.Generator): Random source.
-        foreign (np.ndarray): A crop of the same size from ANOTHER photograph (for ``"foreign"``).
-
-    Returns:
-        tuple[np.ndarray, np.ndarray]: The defective image and its boolean mask; the mask marks
-        exactly the pixels that were replaced.
-
-    """
-    size = crop.shape[0]
-    image = crop.copy()
-    if defect == "scratch":
-        mask = _scratch_mask(size, rng)
-        value = rng.choice([rng.uniform(0.0, 0.12), rng.uniform(0.88, 1.0)])
-        image[mask] = value
-    elif defect == "stain":
-        mask = _blob_mask(size, rng, size / 14, size / 6)
-        shift = rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4)
-        smoothed = ndimage.gaussian_filter(crop, sigma=2.0)
-        image[mask] = np.clip(0.5 * crop[mask] + 0.5 * smoothed[mask] + shift, 0.0, 1.0)
-    elif defect == "hole":
-        mask = _blob_mask(size, rng, size / 18, size / 8)
-        image[mask] = rng.uniform(0.0, 0.08) + rng.normal(scale=0.01, size=int(mask.sum()))
-    elif defect == "foreign":
-        mask = _blob_mask(size, rng, size / 12, size / 6)
-        image[mask] = foreign[mask]
-    else:
-        msg = f"Unknown defect type {defect!r}; choose one of {DEFECT_TYPES}."
-        raise ValueError(msg)
-    return np.clip(image, 0.0, 1.0), mask
-
-
-def _save_gray(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8), mode="L").save(path)
+def _save(array: np.ndarray, path: Path) -> None:
+    """Write a grey ``(H, W)`` or colour ``(H, W, 3)`` image in [0, 1] as 8-bit PNG."""
+    pixels = np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
+    Image.fromarray(pixels, mode="L" if array.ndim == 2 else "RGB").save(path)
 
 
 def build_category(
@@ -149,8 +119,9 @@ def build_category(
     crop_size: int = 128,
     num_train: int = 240,
     num_test_good: int = 40,
-    num_test_defective: int = 40,
+    num_test_defective: int | None = None,
     seed: int = 0,
+    version: int = 1,
 ) -> Path:
     """Write one category of the built-in data set in MVTec AD layout.
 
@@ -160,12 +131,15 @@ def build_category(
 
     Args:
         root (Path | str): Folder that receives ``<category>/``.
-        category (str): ``"brick"``, ``"grass"`` or ``"gravel"``.
+        category (str): One of :func:`categories` of ``version``.
         crop_size (int): Side of the square crops, in pixels.
         num_train (int): Number of defect-free training crops.
         num_test_good (int): Number of defect-free test crops.
-        num_test_defective (int): Number of defective test crops (spread over :data:`DEFECT_TYPES`).
+        num_test_defective (int | None): Number of defective test crops, spread evenly over the kinds of
+            :func:`defect_types` (``None``: 40 in version 1, 12 per kind in version 2).
         seed (int): Seed of the random crops and defects.
+        version (int): 1: four hard-edged kinds on the grey photographs (the data of every figure up
+            to 2026-12-06); 2: ten kinds, faint and soft ones among them, and the colour fabric.
 
     Returns:
         Path: The category folder.
@@ -174,6 +148,15 @@ def build_category(
         ValueError: If a size or count is out of range.
 
     """
+    if version not in VERSIONS:
+        msg = f"version must be one of {VERSIONS}, got {version!r}."
+        raise ValueError(msg)
+    if category not in categories(version):
+        msg = f"Unknown category {category!r} for version {version}; choose one of {categories(version)}."
+        raise ValueError(msg)
+    kinds = defect_types(category, version)
+    if num_test_defective is None:
+        num_test_defective = 40 if version == 1 else CROPS_PER_KIND_V2 * len(kinds)
     photo = load_photograph(category)
     split_row = int(photo.shape[0] * TRAIN_ROW_FRACTION)
     if not 16 <= crop_size <= photo.shape[0] - split_row:
@@ -184,7 +167,7 @@ def build_category(
         raise ValueError(msg)
 
     settings = {
-        "version": BUILD_VERSION,
+        "version": version,
         "category": category,
         "crop_size": crop_size,
         "num_train": num_train,
@@ -201,25 +184,27 @@ def build_category(
         msg = f"{target} exists but was not built with these settings ({settings}). Remove it or choose another root."
         raise FileExistsError(msg)
 
-    rng = np.random.default_rng([seed, CATEGORIES.index(category)])
+    rng = np.random.default_rng([seed, categories(version).index(category)])
     others = [load_photograph(name) for name in CATEGORIES if name != category]
+    if photo.ndim == 3:  # foreign material on a colour part: the grey photographs, as RGB
+        others = [np.repeat(other[..., None], 3, axis=2) for other in others]
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{category}-", dir=root))
     try:
         train_dir = staging / "train" / "good"
         train_dir.mkdir(parents=True)
         for index in range(num_train):
-            _save_gray(_random_crop(photo, (0, split_row), crop_size, rng), train_dir / f"{index:03d}.png")
+            _save(_random_crop(photo, (0, split_row), crop_size, rng), train_dir / f"{index:03d}.png")
 
         test_rows = (split_row, photo.shape[0])
         good_dir = staging / "test" / "good"
         good_dir.mkdir(parents=True)
         for index in range(num_test_good):
-            _save_gray(_random_crop(photo, test_rows, crop_size, rng), good_dir / f"{index:03d}.png")
+            _save(_random_crop(photo, test_rows, crop_size, rng), good_dir / f"{index:03d}.png")
 
-        counters = dict.fromkeys(DEFECT_TYPES, 0)
+        counters = dict.fromkeys(kinds, 0)
         for index in range(num_test_defective):
-            defect = DEFECT_TYPES[index % len(DEFECT_TYPES)]
+            defect = kinds[index % len(kinds)]
             crop = _random_crop(photo, test_rows, crop_size, rng)
             source = others[int(rng.integers(len(others)))]
             foreign = _random_crop(source, (0, source.shape[0]), crop_size, rng)
@@ -228,8 +213,8 @@ def build_category(
             counters[defect] += 1
             (staging / "test" / defect).mkdir(parents=True, exist_ok=True)
             (staging / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
-            _save_gray(image, staging / "test" / defect / f"{name}.png")
-            _save_gray(mask.astype(np.float32), staging / "ground_truth" / defect / f"{name}_mask.png")
+            _save(image, staging / "test" / defect / f"{name}.png")
+            _save(mask.astype(np.float32), staging / "ground_truth" / defect / f"{name}_mask.png")
 
         (staging / "build.json").write_text(json.dumps(settings, indent=2))
         try:
@@ -301,21 +286,6 @@ def split_image_paths(data_root: Path | str, category: str, limit: int | None = 
     if limit is not None:
         paths = paths[:: max(1, len(paths) // limit)][:limit]
     return paths
-
-
-def split_defect_types(data_root: Path | str, category: str, half: str = "all") -> np.ndarray:
-    """Each test crop's defect type (``"good"`` for defect-free ones), in :func:`load_test_split`'s order.
-
-    Args:
-        data_root (Path | str): Root of the built-in data (see :func:`split_image_paths`).
-        category (str): One of :data:`CATEGORIES`.
-        half (str): ``"all"``, ``"validation"`` or ``"test"`` (see :func:`split_image_paths`).
-
-    Returns:
-        np.ndarray: ``(N,)`` folder names of the crops.
-
-    """
-    return np.array([path.parent.name for path in split_image_paths(data_root, category, half=half)])
 
 
 def load_test_split(
