@@ -20,6 +20,7 @@ Writes ``results.json``, ``table.md`` and per-model test maps (``maps/``) for
 
     python scripts/compare_peers.py                                   # all, CPU (about an hour per category)
     python scripts/compare_peers.py --categories brick --tiny         # smoke test, a minute
+    python scripts/compare_peers.py --data-version 2                  # faint and coloured defects, fabric too
     python scripts/compare_peers.py --models rgi --prior grass=model.ckpt --rgi lam=0.05
                                         # score a trained prior again with other settings (no fit)
 """
@@ -48,7 +49,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from PIL import Image
 
 from anomalib_rgi import Rgi, RgiTextures
-from anomalib_rgi.data import CATEGORIES
+from anomalib_rgi.data.textures import categories
 from anomalib_rgi.reporting import (
     PEER_COLUMNS,
     PEER_METRICS,
@@ -209,7 +210,7 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
     """Train and test one model on one category (in this process) and return its rows."""
     seed_everything(args.seed)
     data = TINY_DATA if args.tiny else {}
-    datamodule = RgiTextures(root=args.data_root, category=category, seed=args.seed, **data)
+    datamodule = RgiTextures(root=args.data_root, category=category, seed=args.seed, version=args.data_version, **data)
     prior = dict(args.prior).get(category) if job == "rgi" else None
     if prior:
         model, epochs = Rgi.load_from_checkpoint(prior, map_location="cpu", **dict(args.rgi)), None
@@ -276,7 +277,8 @@ def markdown(rows: list[dict], header: str) -> str:
 def main() -> None:
     """Run every job in its own process, then write the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
+    parser.add_argument("--data-version", type=int, default=1, choices=(1, 2), help="built-in data version")
+    parser.add_argument("--categories", nargs="+", choices=categories(2), help="default: every one of the version")
     parser.add_argument("--models", nargs="+", default=list(JOBS), choices=JOBS)
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--out", default="results/peers")
@@ -307,6 +309,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="32 px crops, tiny networks, 1 epoch: a smoke test")
     parser.add_argument("--job", nargs=3, metavar=("MODEL", "CATEGORY", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.categories = args.categories or list(categories(args.data_version))
+    if unavailable := sorted(set(args.categories) - set(categories(args.data_version))):
+        parser.error(f"categories {unavailable} are not in data version {args.data_version}")
     unknown = sorted(set(args.variants or []) - set(rgi_variants(args)))
     if unknown:
         parser.error(f"unknown --variants {unknown}; the variants are {sorted(rgi_variants(args))}")

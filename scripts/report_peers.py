@@ -7,8 +7,9 @@ Merges one or more run folders (e.g. one per category) and writes to ``--out``:
 - ``roc.png``: pixel-level ROC curves, one panel per category;
 - ``bars.png``: pixel AUROC and dataset-level Dice (best threshold) per category and model;
 - ``examples.png``: per category, three defective test crops: input, ground truth, each model's map;
-- ``defects.md``: pixel AUROC per defect type (that type's crops and the good ones), which shows
-  what each model misses.
+- ``defects.md``: per defect kind (that kind's crops and the good ones), image AUROC, pixel AUROC,
+  dataset-level Dice at the best threshold and the paper's per-image Dice of every model: a kind a
+  model misses stands out instead of averaging away.
 
 Figures and ``defects.md`` label RGI's rows ``variant [map]``.
 
@@ -29,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from anomalib_rgi.metrics import pixel_auroc_per_defect
+from anomalib_rgi.metrics import quality_per_defect
 from anomalib_rgi.reporting import PEER_COLUMNS, markdown_table
 
 EXAMPLES = 3
@@ -135,22 +136,35 @@ def examples_figure(maps: dict[str, dict[str, dict]], out: Path) -> None:
     plt.close(figure)
 
 
+DEFECT_METRICS = {
+    "image_AUROC": "image AUROC",
+    "pixel_AUROC": "pixel AUROC",
+    "pixel_F1Max": "dataset-level Dice, best threshold",
+    "pixel_PerImageBestDice": "paper's per-image Dice",
+}
+
+
 def defect_table(maps: dict[str, dict[str, dict]], header: str) -> str:
-    """Pixel AUROC per category, model and defect type: the pixels of that type's crops and of the
-    good crops, so a type a model misses stands out instead of averaging away."""
+    """Per category and metric, a table of every model (rows) on every defect kind (columns)."""
     lines = [header, ""]
     for category, models in maps.items():
         with_maps = {model: outputs for model, outputs in models.items() if "anomaly_map" in outputs}
         reference = next(iter(with_maps.values()), {})
         if "defect" not in reference:
-            continue  # no maps, or a run from before the defect types were kept
-        defects = sorted(set(reference["defect"]) - {"good"})
-        lines += [f"| {category}: model | " + " | ".join(defects) + " |", "|" + "---|" * (len(defects) + 1)]
-        for model, outputs in with_maps.items():
-            aurocs = pixel_auroc_per_defect(outputs["anomaly_map"], outputs["gt_mask"], outputs["defect"])
-            cells = [f"{aurocs[defect]:.3f}" for defect in defects]
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
-        lines.append("")
+            continue  # no maps, or a run from before the defect kinds were kept
+        quality = {
+            model: quality_per_defect(
+                outputs["anomaly_map"], outputs["gt_mask"], outputs["defect"], outputs["pred_score"]
+            )
+            for model, outputs in with_maps.items()
+        }
+        kinds = sorted(set(reference["defect"]) - {"good"})
+        for metric, title in DEFECT_METRICS.items():
+            lines += [f"**{category}, {title}**", ""]
+            lines += ["| model | " + " | ".join(kinds) + " |", "|" + "---|" * (len(kinds) + 1)]
+            for model, per_kind in quality.items():
+                lines.append(f"| {model} | " + " | ".join(f"{per_kind[kind][metric]:.3f}" for kind in kinds) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -164,7 +178,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     runs = ", ".join(run.name for run in args.runs)
     (args.out / "table.md").write_text(markdown_table(rows, PEER_COLUMNS, f"Peer comparison (runs {runs}), {machine}"))
-    header = f"Pixel AUROC per defect type (that type's test crops and the good ones), runs {runs}, {machine}"
+    header = f"Per defect kind (that kind's test crops and the good ones), runs {runs}, {machine}"
     (args.out / "defects.md").write_text(defect_table(maps, header))
     roc_figure(maps, args.out)
     bars_figure(rows, args.out)

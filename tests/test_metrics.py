@@ -14,8 +14,7 @@ from anomalib_rgi.metrics import (
     QuantizationMetric,
     best_dataset_dice,
     best_dice_per_image,
-    map_quality,
-    pixel_auroc_per_defect,
+    quality_per_defect,
 )
 
 
@@ -90,28 +89,20 @@ def three_images_two_defects() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return scores, masks, np.array(["good", "hole", "foreign"])
 
 
-def test_pixel_auroc_per_defect_scores_each_type_against_the_good_images():
-    result = pixel_auroc_per_defect(*three_images_two_defects())
-    assert list(result) == ["foreign", "hole"]
-    assert result["hole"] == pytest.approx(1.0)
-    assert result["foreign"] == pytest.approx(6 / 7)  # ranked below 1 of 7 normal pixels
-
-
-def test_map_quality_pools_all_images_and_rounds():
-    quality = map_quality(*three_images_two_defects())
-    # pooled: 2 defect pixels, 10 normal; the hole outranks all, the foreign pixel 1 of 10 normal ones
-    assert quality["pixel_auroc"] == pytest.approx(round(1 - 1 / 20, 3))
-    # top 1, 2, 3 pixels: 2/3, 2/4, then hole + false alarm + foreign: 2 * 2 / (3 + 2) = 0.8
-    assert quality["best_dataset_dice"] == pytest.approx(0.8)
-    assert quality["foreign"] == pytest.approx(0.857)
-    assert quality["hole"] == 1.0
-    # image maxima: good 0.5, hole 1.0, foreign 0.2; one of the two defective images outranks the good one
-    assert quality["image_auroc"] == pytest.approx(0.5)
-
-
-def test_map_quality_has_no_image_auroc_without_good_images():
-    scores, masks, defects = three_images_two_defects()
-    assert np.isnan(map_quality(scores[1:], masks[1:], defects[1:])["image_auroc"])
+def test_quality_per_defect_scores_each_kind_against_the_good_images():
+    anomaly_maps, masks, defects = three_images_two_defects()
+    quality = quality_per_defect(anomaly_maps, masks, defects)
+    assert list(quality) == ["foreign", "hole"]
+    assert quality["hole"]["pixel_AUROC"] == pytest.approx(1.0)
+    assert quality["foreign"]["pixel_AUROC"] == pytest.approx(6 / 7)  # ranked below 1 of 7 normal pixels
+    # image maxima: good 0.5, hole 1.0, foreign 0.2
+    assert quality["hole"]["image_AUROC"] == 1.0
+    assert quality["foreign"]["image_AUROC"] == 0.0
+    assert quality["hole"]["pixel_F1Max"] == pytest.approx(1.0)
+    assert 0 < quality["foreign"]["pixel_PerImageBestDice"] <= 1
+    by_score = quality_per_defect(anomaly_maps, masks, defects, scores=np.array([0.0, 1.0, 1.0]))
+    assert by_score["foreign"]["image_AUROC"] == 1.0  # given image scores are used, not the maps' maxima
+    assert np.isnan(quality_per_defect(anomaly_maps[1:], masks[1:], defects[1:])["hole"]["image_AUROC"])
 
 
 def test_quantization_metric_takes_one_image_labels_and_scores_each_run_on_its_own_images():

@@ -211,55 +211,39 @@ def best_dataset_dice(scores: torch.Tensor | np.ndarray, truth: torch.Tensor | n
     return float((2 * hits / (predicted + truth.sum())).max())
 
 
-def pixel_auroc_per_defect(scores: np.ndarray, masks: np.ndarray, defects: np.ndarray) -> dict[str, float]:
-    """Pixel AUROC of each defect type over its own images and the good ones.
-
-    A type a model misses stands out here instead of averaging away in the pooled AUROC.
+def quality_per_defect(
+    anomaly_maps: np.ndarray, masks: np.ndarray, defects: np.ndarray, scores: np.ndarray | None = None
+) -> dict[str, dict[str, float]]:
+    """Score each defect kind on its own images and the good ones, so a kind a model misses stands out.
 
     Args:
-        scores (np.ndarray): Anomaly maps, ``(N, H, W)``.
+        anomaly_maps (np.ndarray): Anomaly maps, ``(N, H, W)``.
         masks (np.ndarray): Ground-truth masks, ``(N, H, W)``.
-        defects (np.ndarray): Each image's defect type, ``"good"`` for the defect-free ones, ``(N,)``.
+        defects (np.ndarray): Each image's defect kind, ``"good"`` for the defect-free ones, ``(N,)``.
+        scores (np.ndarray | None): Image scores ``(N,)``; ``None``: each map's maximum.
 
     Returns:
-        dict[str, float]: Defect type (sorted) to pixel AUROC.
+        dict[str, dict[str, float]]: Per kind (sorted): ``image_AUROC`` (that kind's images against the
+        good ones; NaN without good images), ``pixel_AUROC``, ``pixel_F1Max`` (dataset-level Dice at
+        the best single threshold over those images) and ``pixel_PerImageBestDice`` (the paper's
+        per-image oracle, averaged over that kind's images).
 
     """
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415  (only the benchmark reports need it)
 
     defects = np.asarray(defects)
+    anomaly_maps = anomaly_maps.astype(np.float32)
+    scores = anomaly_maps.reshape(len(anomaly_maps), -1).max(axis=1) if scores is None else np.asarray(scores)
+    good = defects == "good"
     result = {}
     for defect in sorted(set(defects.tolist()) - {"good"}):
-        chosen = np.isin(defects, [defect, "good"])
-        result[defect] = float(roc_auc_score(masks[chosen].ravel(), scores[chosen].astype(np.float32).ravel()))
+        own = defects == defect
+        chosen = own | good
+        per_image = best_dice_per_image(torch.from_numpy(anomaly_maps[own]), torch.from_numpy(masks[own]))
+        result[defect] = {
+            "image_AUROC": float(roc_auc_score(own[chosen], scores[chosen])) if good.any() else float("nan"),
+            "pixel_AUROC": float(roc_auc_score(masks[chosen].ravel(), anomaly_maps[chosen].ravel())),
+            "pixel_F1Max": best_dataset_dice(anomaly_maps[chosen], masks[chosen]),
+            "pixel_PerImageBestDice": float(per_image.mean()),
+        }
     return result
-
-
-def map_quality(scores: np.ndarray, masks: np.ndarray, defects: np.ndarray) -> dict[str, float]:
-    """Summarise a set of maps as the experiment scripts report them: pixel AUROC, best Dice, per defect.
-
-    Args:
-        scores (np.ndarray): Anomaly maps, ``(N, H, W)``.
-        masks (np.ndarray): Ground-truth masks, ``(N, H, W)``.
-        defects (np.ndarray): Each image's defect type, ``"good"`` for the defect-free ones, ``(N,)``.
-
-    Returns:
-        dict[str, float]: ``pixel_auroc``, ``best_dataset_dice`` (see :func:`best_dataset_dice`),
-        ``image_auroc`` (an image's score is its map's maximum, as ``Rgi``'s ``pred_score``; NaN
-        without both good and defective images) and one entry per defect type (see
-        :func:`pixel_auroc_per_defect`), rounded to 3 decimals.
-
-    """
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415  (only the benchmark reports need it)
-
-    quality = {
-        "pixel_auroc": float(roc_auc_score(masks.ravel(), scores.astype(np.float32).ravel())),
-        "best_dataset_dice": best_dataset_dice(scores, masks),
-    }
-    defective = defects != "good"
-    image_scores = scores.reshape(len(scores), -1).max(axis=1)
-    quality["image_auroc"] = (
-        float(roc_auc_score(defective, image_scores)) if 0 < defective.sum() < len(defective) else float("nan")
-    )
-    quality |= pixel_auroc_per_defect(scores, masks, defects)
-    return {name: round(value, 3) for name, value in quality.items()}

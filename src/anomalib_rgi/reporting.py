@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from anomalib_rgi.data import CATEGORIES
+from anomalib_rgi.data import categories
 from anomalib_rgi.models.rgi.anomaly_map import FEATURE_PARTS, MapSettings
 
 # anomalib's test metrics a peer comparison reports, and its table's columns.
@@ -38,8 +38,8 @@ def category_checkpoint(text: str) -> tuple[str, str]:
 
     """
     category, separator, path = text.partition("=")
-    if not separator or category not in CATEGORIES or not Path(path).is_file():
-        msg = f"expected CATEGORY=CKPT with CATEGORY in {CATEGORIES} and an existing file, got {text!r}"
+    if not separator or category not in categories(2) or not Path(path).is_file():
+        msg = f"expected CATEGORY=CKPT with CATEGORY in {categories(2)} and an existing file, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return category, path
 
