@@ -7,6 +7,7 @@ import importlib.util
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import openvino as ov
@@ -18,7 +19,13 @@ from PIL import Image
 
 from anomalib_rgi import Dice, Rgi, RgiTextures
 from anomalib_rgi.data.textures import load_test_split
-from anomalib_rgi.models.rgi.export import EXPORT_OVER_TRACE, ExportTooSlowError, estimate_export_seconds
+from anomalib_rgi.models.rgi.export import (
+    DEPLOYABLE_STEPS,
+    EXPORT_OVER_TRACE,
+    ExportTooSlowError,
+    estimate_export_seconds,
+    refuse_slow_export,
+)
 from anomalib_rgi.models.rgi.networks import Critic
 
 from .conftest import TINY_DATA, TINY_MODEL, maps_in_openvino_and_torch
@@ -118,13 +125,20 @@ def test_export_of_rrgi_is_refused_with_a_way_out(exported, tmp_path):
 def test_an_export_over_the_time_budget_stops_at_once_and_says_what_to_export(exported, tmp_path, monkeypatch):
     model, _, _ = exported
     monkeypatch.setenv("ANOMALIB_RGI_EXPORT_BUDGET_S", "0.001")
+    monkeypatch.setitem(model.model.inversion, "steps", DEPLOYABLE_STEPS + 2)
     with pytest.raises(ExportTooSlowError) as stopped:
         model.to_openvino(export_root=tmp_path)
     message = str(stopped.value)
-    assert f"unrolls {TINY_MODEL['steps']} solver steps" in message
+    assert f"unrolls {DEPLOYABLE_STEPS + 2} solver steps" in message
     assert "configs/rgi_fast.yaml" in message
     assert "anomalib export --model anomalib_rgi.Rgi --export_type openvino" in message
     assert not [path for path in tmp_path.rglob("*") if path.is_file()], "nothing is written"
+
+
+def test_a_graph_as_small_as_the_fast_presets_is_built_whatever_the_estimate():
+    refuse_slow_export(estimate_s=1e6, steps=DEPLOYABLE_STEPS, budget_s=1.0)
+    with pytest.raises(ExportTooSlowError, match="about 16667 min"):
+        refuse_slow_export(estimate_s=1e6, steps=DEPLOYABLE_STEPS + 1, budget_s=1.0)
 
 
 @pytest.mark.parametrize("budget", ["soon", "0", "-5"])
@@ -135,13 +149,14 @@ def test_a_bad_export_budget_is_refused(exported, tmp_path, monkeypatch, budget)
         model.to_onnx(tmp_path)
 
 
-def test_the_export_estimate_grows_with_the_steps():
-    def trace_with_steps(steps: int) -> None:
-        time.sleep(0.02 + 0.01 * steps)
+def test_the_export_estimate_follows_the_size_of_the_unrolled_graph():
+    def trace_with_steps(steps: int) -> SimpleNamespace:
+        time.sleep(0.001 * (100 + 10 * steps))  # one millisecond per operator
+        return SimpleNamespace(graph=SimpleNamespace(nodes=range(100 + 10 * steps)))
 
-    short, long = estimate_export_seconds(trace_with_steps, 10), estimate_export_seconds(trace_with_steps, 200)
-    assert long > 10 * short > 0
-    assert long == pytest.approx(EXPORT_OVER_TRACE * (0.03 + 0.01 * 199), rel=0.3)
+    estimate = estimate_export_seconds(trace_with_steps, 200)
+    assert estimate == pytest.approx(EXPORT_OVER_TRACE * 0.001 * (100 + 10 * 200), rel=0.3)
+    assert estimate > 10 * estimate_export_seconds(trace_with_steps, 1)
 
 
 def test_export_at_another_size_is_refused(exported, tmp_path):
