@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import shutil
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -226,21 +224,14 @@ def test_calibrated_int8_compression_without_images_or_with_a_pixel_metric_is_re
     assert not (tmp_path / "weights").exists()
 
 
-def _script(name: str):
-    path = Path(__file__).parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_deployment_example_scores_a_folder(exported, tiny_data_root, tmp_path):
     _, _, xml_path = exported
     images = tmp_path / "images"
     shutil.copytree(tiny_data_root / "grass" / "test" / "hole", images)
     Image.new("L", (50, 40), color=128).save(images / "gray_other_size.png")
     (images / "truncated.png").write_bytes(b"\x89PNG broken")
-    deploy = _script("deploy_folder").deploy
+    from anomalib_rgi.deployment import deploy
+
     summary = deploy(xml_path, images, tmp_path / "out")
     assert summary["unreadable"] == 1
     assert summary["images"] == len(list(images.glob("*.png"))) - 1
