@@ -51,7 +51,7 @@ def load(runs: list[Path]) -> tuple[list[dict], dict[str, dict[str, dict]], str]
         machines.add(result["machine"])
         for path in sorted((run / "maps").glob("*/*.npz")):
             maps.setdefault(path.parent.name, {})[path.stem] = dict(np.load(path))
-    labels = {(row["category"], row["model"]): label(row) for row in rows}
+    labels = {(row["category"], row["model"]): row_label(row) for row in rows}
     maps = {
         category: {labels.get((category, model), model): outputs for model, outputs in models.items()}
         for category, models in maps.items()
@@ -59,7 +59,7 @@ def load(runs: list[Path]) -> tuple[list[dict], dict[str, dict[str, dict]], str]
     return rows, maps, "; ".join(sorted(machines))
 
 
-def label(row: dict) -> str:
+def row_label(row: dict) -> str:
     """A row's model, with the anomaly map it used where it has one of RGI's."""
     return f"{row['model']} [{row['map']}]" if row.get("map") else row["model"]
 
@@ -86,7 +86,7 @@ def roc_figure(maps: dict[str, dict[str, dict]], out: Path) -> None:
 def bars_figure(rows: list[dict], out: Path) -> None:
     """Pixel AUROC and best-threshold dataset Dice per category and model."""
     categories = list(dict.fromkeys(row["category"] for row in rows))
-    models = list(dict.fromkeys(label(row) for row in rows))
+    models = list(dict.fromkeys(row_label(row) for row in rows))
     figure, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     width = 0.8 / len(models)
     for axis, metric, label in zip(
@@ -94,7 +94,7 @@ def bars_figure(rows: list[dict], out: Path) -> None:
     ):
         for index, model in enumerate(models):
             values = [
-                next((row[metric] for row in rows if row["category"] == c and label(row) == model), None) or 0.0
+                next((row[metric] for row in rows if row["category"] == c and row_label(row) == model), None) or 0.0
                 for c in categories
             ]
             axis.bar(np.arange(len(categories)) + index * width, values, width, label=model)

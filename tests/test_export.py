@@ -202,7 +202,7 @@ def test_every_compression_type_exports_a_graph_that_scores(
 
 def test_int8_compression_without_nncf_says_what_to_install(exported, tmp_path, monkeypatch):
     model, _, _ = exported
-    monkeypatch.setattr("anomalib_rgi.models.rgi.lightning_model.module_available", lambda name: name != "nncf")
+    monkeypatch.setattr("anomalib_rgi.models.rgi.export.module_available", lambda name: name != "nncf")
     with pytest.raises(ModuleNotFoundError, match="pip install nncf"):
         model.to_openvino(tmp_path, compression_type=CompressionType.INT8)
     assert not (tmp_path / "weights").exists()

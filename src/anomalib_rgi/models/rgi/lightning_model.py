@@ -53,7 +53,7 @@ from .inversion import InversionResult
 from .loss import CriticLoss, GeneratorLoss, corrupt
 from .map_selection import KeptBatch, choose_settings, learn_thresholds, weighed_batch
 from .networks import sample_diversity
-from .settings import ADVANCED_SOLVER, PRIOR_DEFAULTS, advanced_settings, check_arguments
+from .settings import ADVANCED_SOLVER, PRIOR_DEFAULTS, advanced_settings, check_arguments, plain
 from .torch_model import RgiModel
 
 logger = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        prior, solver, feature_weight = plain(prior), plain(solver), plain(feature_weight)  # saved below
         prior_settings = advanced_settings("prior", prior, PRIOR_DEFAULTS)
         solver_settings = advanced_settings("solver", solver, ADVANCED_SOLVER)
         check_arguments(max_epochs, mask_floor_quantile, select_epoch_every, prior_settings)
@@ -172,17 +173,11 @@ class Rgi(RgiExportMixin, AnomalibModule):
         self.thresholds_stale = False  # loaded thresholds were learned for another map than this model's
 
     def configure_callbacks(self) -> list[Callback]:
-        """Anomalib's components, the feature parts' preparation and, for a fit, :mod:`.callbacks`' others.
+        """Anomalib's components and the feature parts' preparation; a fit adds :mod:`.callbacks`' others.
 
-        A fit adds DDP support, resumable random streams, the collapse monitor, the epoch choice and a
-        checkpoint after EVERY epoch.
-
-        Validation (the costly inversions) runs only every ``select_epoch_every`` epochs or after the
-        last, and Lightning's ``ModelCheckpoint`` without a monitor then saves only at that point: an
-        interrupted or diverged run would leave nothing. Replacing the Engine's checkpoint callback by
-        one that saves at each epoch end (same folder and name) keeps the last good state on disk. It
-        must be anomalib's class: Lightning drops the Engine's callback only for a returned callback
-        of the same type, and two callbacks would write ``model.ckpt`` and ``model-v1.ckpt``.
+        And a checkpoint after EVERY epoch: validation runs only every ``select_epoch_every`` epochs,
+        and a ``ModelCheckpoint`` without a monitor saves only then, so an interrupted run would leave
+        nothing. It replaces the Engine's (same class, folder and name: Lightning then drops that one).
         """
         callbacks = [
             *super().configure_callbacks(),

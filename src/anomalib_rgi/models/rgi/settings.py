@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .torch_model import SOLVER_DEFAULTS
@@ -26,9 +27,22 @@ ADVANCED_SOLVER = {
 }
 
 
+def plain(value: Any) -> Any:  # noqa: ANN401  (any config value)
+    """Return ``value`` with mappings as dicts and sequences as lists, recursively.
+
+    anomalib's ``get_model`` (and so ``anomalib benchmark``) passes OmegaConf containers; the
+    checkpoint's hyperparameters must be plain types to load with ``weights_only``.
+    """
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [plain(item) for item in value]
+    return value
+
+
 def advanced_settings(name: str, given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
     """Merge a group of advanced settings over its defaults, refusing unknown names."""
-    if given is not None and not isinstance(given, dict):
+    if given is not None and not isinstance(given, Mapping):
         msg = f"{name} must be a mapping of settings (e.g. {{{next(iter(defaults))}: ...}}), got {given!r}."
         raise ValueError(msg)
     unknown = sorted(set(given or {}) - set(defaults))
