@@ -126,3 +126,13 @@ def test_benchmark_scripts_at_tiny_size(tmp_path):
     assert "mask solver closed_form, lam 0.05" in table
     assert len(json.loads((inpainting_run / "results.json").read_text())) == 3 * 2 * 5  # corruptions x fills x methods
     assert (inpainting_run / "grid.png").stat().st_size > 0
+
+
+def test_contact_sheets_show_every_category(tmp_path):
+    run_script(
+        "contact_sheets.py",
+        *("--version", "1", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "sheets"), "--per-kind", "1"),
+        timeout=300,
+    )
+    sheets = sorted(path.name for path in (tmp_path / "sheets").iterdir())
+    assert sheets == ["data-v1-brick.png", "data-v1-grass.png", "data-v1-gravel.png"]
