@@ -228,7 +228,8 @@ def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> lis
     )
     start = time.time()
     if prior:
-        datamodule.setup()  # what fit would have done
+        datamodule.prepare_data()  # what fit would have done: build the data if missing, then split it
+        datamodule.setup()
     else:
         engine.fit(model=model, datamodule=datamodule)
     fit_seconds = None if prior else round(time.time() - start, 1)
