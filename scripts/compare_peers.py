@@ -50,11 +50,11 @@ from PIL import Image
 
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.data.textures import categories
+from anomalib_rgi.models.rgi.anomaly_map import describe_map
 from anomalib_rgi.reporting import (
     PEER_COLUMNS,
     PEER_METRICS,
     category_checkpoint,
-    describe_map,
     machine,
     markdown_table,
     preset,

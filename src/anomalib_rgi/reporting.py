@@ -15,7 +15,6 @@ import torch
 import yaml
 
 from anomalib_rgi.data import categories
-from anomalib_rgi.models.rgi.anomaly_map import FEATURE_PARTS, MapSettings
 
 # anomalib's test metrics a peer comparison reports, and its table's columns.
 PEER_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_Dice", "pixel_F1Max", "pixel_PerImageBestDice")
@@ -91,18 +90,6 @@ def scoring_variants(steps: int, finetune_steps: int, fast_solver: dict[str, Any
         "plain inversion (AnoGAN-style)": {"mask_solver": "none", "steps": steps, "finetune_steps": 0},
         "encoder residual (f-AnoGAN-style)": {"mask_solver": "none", "steps": 0, "finetune_steps": 0},
     }
-
-
-def describe_map(settings: MapSettings) -> str:
-    """Name the anomaly map that ``settings`` give, as results tables show it.
-
-    ``"mask"`` is the paper's map; otherwise the weighted ImageNet-feature part and the mask floor follow.
-    """
-    weighted = [f"{part.replace('_', ' ')} x{settings[part]:g}" for part in FEATURE_PARTS if settings.get(part)]
-    if not weighted:
-        return "mask"
-    floor = settings.get("mask_floor", 0.0)
-    return " + ".join(["mask", *weighted]) + (f", mask above {floor:.3g}" if floor else "")
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str], header: str) -> str:

@@ -32,6 +32,7 @@ from .inversion import InversionResult, is_tracing
 MapKind = Literal["mask", "mask+feature_distance", "mask+feature_prior", "best_on_validation"]
 MAP_KINDS: tuple[str, ...] = get_args(MapKind)
 FEATURE_PARTS = ("feature_distance", "feature_prior")
+SETTING_NAMES = (*FEATURE_PARTS, "mask_floor")
 MapSettings = dict[str, float]  # {"feature_distance": weight, "feature_prior": weight, "mask_floor": level}
 
 
@@ -39,6 +40,18 @@ def map_kind(settings: MapSettings) -> str:
     """Name the map that ``settings`` give (``"mask"`` when no feature part has a weight)."""
     weighted = [part for part in FEATURE_PARTS if settings.get(part)]
     return "+".join(["mask", *weighted])
+
+
+def describe_map(settings: MapSettings) -> str:
+    """Name the anomaly map that ``settings`` give, as results tables show it.
+
+    ``"mask"`` is the paper's map; otherwise the weighted ImageNet-feature part and the mask floor follow.
+    """
+    weighted = [f"{part.replace('_', ' ')} x{settings[part]:g}" for part in FEATURE_PARTS if settings.get(part)]
+    if not weighted:
+        return "mask"
+    floor = settings.get("mask_floor", 0.0)
+    return " + ".join(["mask", *weighted]) + (f", mask above {floor:.3g}" if floor else "")
 
 
 def image_score(anomaly_map: torch.Tensor) -> torch.Tensor:
@@ -126,7 +139,7 @@ class AnomalyMap(nn.Module):
             if self.candidates
             else {part: weights[0] if part in fixed else 0.0 for part in FEATURE_PARTS}
         )
-        self.settings: MapSettings = {**start, "mask_floor": float("nan") if learn_floor else 0.0}
+        self.settings: MapSettings = {**start, "mask_floor": float("nan") if self.learn_floor else 0.0}
         # The settings in the checkpoint: the chosen weights and learned floor travel with the weights.
         self.register_buffer("saved_settings", self._settings_tensor())
         self.register_load_state_dict_post_hook(_read_saved_settings)
@@ -134,12 +147,12 @@ class AnomalyMap(nn.Module):
     def _settings_tensor(self) -> torch.Tensor:
         # The last entry marks a floor this model learned: a floor of 0 from a fit without one is not learned.
         learned = self.learn_floor and not math.isnan(self.settings["mask_floor"])
-        values = [self.settings[name] for name in (*FEATURE_PARTS, "mask_floor")]
+        values = [self.settings[name] for name in SETTING_NAMES]
         return torch.tensor([*values, float(learned)], dtype=torch.float64)
 
     def set_settings(self, settings: MapSettings) -> None:
         """Score with these weights and floor from now on (and save them with the model)."""
-        self.settings = {name: float(settings[name]) for name in (*FEATURE_PARTS, "mask_floor")}
+        self.settings = {name: float(settings[name]) for name in SETTING_NAMES}
         self.saved_settings.copy_(self._settings_tensor())
 
     @property
@@ -242,4 +255,4 @@ class AnomalyMap(nn.Module):
 
 def _read_saved_settings(module: AnomalyMap, incompatible_keys: object) -> None:
     del incompatible_keys
-    module.settings = dict(zip((*FEATURE_PARTS, "mask_floor"), module.saved_settings.tolist()[:-1], strict=True))
+    module.settings = dict(zip(SETTING_NAMES, module.saved_settings.tolist()[:-1], strict=True))

@@ -33,7 +33,8 @@ class ModeCollapseError(RuntimeError):
     """The generator's samples stopped varying: the prior would call every image normal or abnormal."""
 
 
-def _last_epoch(trainer: Trainer) -> bool:
+def is_last_epoch(trainer: Trainer) -> bool:
+    """Whether the trainer is in its last training epoch."""
     return trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
 
 
@@ -83,7 +84,7 @@ class CollapseMonitor(Callback):
         diversity = float(trainer.strategy.reduce(local, reduce_op="mean"))
         pl_module.log("train_sample_diversity", diversity)
         self.low_epochs = self.low_epochs + 1 if diversity < self.min_sample_diversity else 0
-        last = _last_epoch(trainer)
+        last = is_last_epoch(trainer)
         if self.low_epochs < self.patience and not (self.low_epochs and last):
             return
         epoch = trainer.current_epoch
@@ -122,7 +123,7 @@ class EpochSelection(Callback):
 
     def __init__(self, every: int) -> None:
         self.every = every
-        self.best: dict[str, Any] | None = None  # {"epoch", "score", "state", "map_settings"}
+        self.best: dict[str, Any] | None = None  # {"epoch", "score", "state"}; the map's settings are in the state
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Rgi) -> None:
         """Remember a better-validating epoch; after the last, return to the best."""
@@ -143,7 +144,7 @@ class EpochSelection(Callback):
             self.best["epoch"],
             self.best["score"],
         )
-        if not _last_epoch(trainer):
+        if not is_last_epoch(trainer):
             return
         best, self.best = self.best, None  # the final checkpoint IS the best epoch; no second copy in it
         if best["epoch"] != epoch:
@@ -181,8 +182,15 @@ class FeaturePartsPreparation(Callback):
         self.feature_prior_tiles = feature_prior_tiles
 
     def on_train_start(self, trainer: Trainer, pl_module: Rgi) -> None:
-        """Fit the feature prior unless the prior already has it (a resumed fit)."""
-        self._prepare(trainer, pl_module)
+        """Fit the feature prior unless the prior already has it (a resumed fit).
+
+        Only the fit: the scales are calibrated after every epoch, on the prior of that epoch.
+        """
+        prior = pl_module.model.anomaly_map.feature_prior
+        if prior is None or prior.fitted or (images := self._prior_images(trainer, pl_module)) is None:
+            return
+        pl_module.model.fit_feature_prior(images, self.feature_prior_steps)
+        logger.info("Rgi: feature prior fitted on %d training images.", len(images))
 
     def on_validation_start(self, trainer: Trainer, pl_module: Rgi) -> None:
         """Prepare the parts; this validation then learns the thresholds for them."""
@@ -211,12 +219,16 @@ class FeaturePartsPreparation(Callback):
         count = min(limit, len(train_data))
         return torch.cat([resize(train_data[index].image[None]) for index in range(count)]).to(pl_module.device)
 
+    def _prior_images(self, trainer: Trainer, pl_module: Rgi) -> torch.Tensor | None:
+        """Return the training images the feature prior is fitted on (at most ``feature_prior_tiles`` tiles)."""
+        limit = max(1, self.feature_prior_tiles // pl_module.model.tiles_per_side**2)
+        return self._training_images(trainer, pl_module, limit)
+
     def _prepare(self, trainer: Trainer, pl_module: Rgi) -> bool:
         """Whether a part was prepared now (the checkpoint's thresholds then predate it)."""
         if not pl_module.model.feature_parts_unprepared:
             return False
-        limit = max(1, self.feature_prior_tiles // pl_module.model.tiles_per_side**2)
-        if (images := self._training_images(trainer, pl_module, limit)) is None:
+        if (images := self._prior_images(trainer, pl_module)) is None:
             return False
         pl_module.model.prepare_feature_parts(images, self.feature_prior_steps)
         logger.info("Rgi: feature parts fitted and calibrated on %d training images.", len(images))

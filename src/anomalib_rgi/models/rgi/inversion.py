@@ -172,6 +172,33 @@ def _adam_step(
         param.sub_(lr * first_hat / (second_hat.sqrt() + torch.full_like(second_hat, eps)))
 
 
+def check_settings(lam: float, steps: int, mask_solver: str, finetune_steps: int, mask_given: bool) -> None:
+    """Refuse solver settings :func:`invert` cannot run, naming what is wrong.
+
+    Raises:
+        ValueError: On an unknown solver, negative step counts, Adam's mask without a step, a given
+            mask without ``mask_solver="given"`` (or the reverse), or a non-positive ``lam`` for a robust solver.
+
+    """
+    if mask_solver not in MASK_SOLVERS:
+        msg = f"mask_solver must be one of {MASK_SOLVERS}, got {mask_solver!r}."
+        raise ValueError(msg)
+    if steps < 0 or finetune_steps < 0:
+        msg = f"Need steps >= 0 and finetune_steps >= 0; got {steps} and {finetune_steps}."
+        raise ValueError(msg)
+    if steps + finetune_steps == 0 and mask_solver == "adam":
+        # Without steps the other solvers still give a map (the start's residual or its closed-form
+        # mask: the encoder-only, f-AnoGAN-style baseline); the Adam mask would stay all zero.
+        msg = 'mask_solver="adam" needs at least one step.'
+        raise ValueError(msg)
+    if (mask_solver == "given") != mask_given:
+        msg = 'given_mask is required by, and only used with, mask_solver="given".'
+        raise ValueError(msg)
+    if mask_solver not in {"none", "given"} and not lam > 0:
+        msg = f"lam must be positive for robust inversion, got {lam}."
+        raise ValueError(msg)
+
+
 def invert(
     generator: nn.Module,
     images: torch.Tensor,
@@ -220,23 +247,7 @@ def invert(
             solver, mismatched batch sizes or non-finite inputs.
 
     """
-    if mask_solver not in MASK_SOLVERS:
-        msg = f"mask_solver must be one of {MASK_SOLVERS}, got {mask_solver!r}."
-        raise ValueError(msg)
-    if steps < 0 or finetune_steps < 0:
-        msg = f"Need steps >= 0 and finetune_steps >= 0; got {steps} and {finetune_steps}."
-        raise ValueError(msg)
-    if steps + finetune_steps == 0 and mask_solver == "adam":
-        # Without steps the other solvers still give a map (the start's residual or its closed-form
-        # mask: the encoder-only, f-AnoGAN-style baseline); the Adam mask would stay all zero.
-        msg = 'mask_solver="adam" needs at least one step.'
-        raise ValueError(msg)
-    if (mask_solver == "given") != (given_mask is not None):
-        msg = 'given_mask is required by, and only used with, mask_solver="given".'
-        raise ValueError(msg)
-    if mask_solver not in {"none", "given"} and not lam > 0:
-        msg = f"lam must be positive for robust inversion, got {lam}."
-        raise ValueError(msg)
+    check_settings(lam, steps, mask_solver, finetune_steps, given_mask is not None)
     if latent_init.shape[0] != images.shape[0]:
         msg = f"latent_init has {latent_init.shape[0]} rows for {images.shape[0]} images."
         raise ValueError(msg)

@@ -46,6 +46,7 @@ from .callbacks import (
     EpochSelection,
     FeaturePartsPreparation,
     ResumableRandomState,
+    is_last_epoch,
 )
 from .checkpoint import check_rgi_checkpoint, match_map_state, read_checkpoint
 from .export import RgiExportMixin
@@ -359,7 +360,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
 
     def on_train_epoch_end(self) -> None:
         """Record the last epoch's validation when no epoch is chosen (:class:`EpochSelection` records its own)."""
-        last = self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs
+        last = is_last_epoch(self.trainer)
         if last and not self.hparams.select_epoch_every and self._validation_score is not None:
             self.record_kept_validation(self.current_epoch, self._validation_score)
 

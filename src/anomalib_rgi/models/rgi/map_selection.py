@@ -16,7 +16,7 @@ from anomalib.metrics import F1Max
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 
-from .anomaly_map import MapSettings, image_score, weigh
+from .anomaly_map import MapSettings, describe_map, image_score, weigh
 
 # One validation batch: the map's parts, the ground-truth masks and labels (either may be None).
 KeptBatch = tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]
@@ -105,12 +105,11 @@ def choose_settings(
         return options[0], None, {}
     dice = [validation_dice(kept, option) for option in options]
     best = max(range(len(options)), key=dice.__getitem__)
-    return options[best], dice[best], {_describe(option): value for option, value in zip(options, dice, strict=True)}
-
-
-def _describe(settings: MapSettings) -> str:
-    weighted = [f"{name} x{settings[name]:g}" for name in ("feature_distance", "feature_prior") if settings[name]]
-    return " + ".join(["mask", *weighted])
+    return (
+        options[best],
+        dice[best],
+        {describe_map(option | {"mask_floor": 0.0}): value for option, value in zip(options, dice, strict=True)},
+    )
 
 
 def learn_thresholds(

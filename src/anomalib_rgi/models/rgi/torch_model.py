@@ -14,7 +14,7 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from .anomaly_map import AnomalyMap, MapKind, image_score
-from .inversion import MASK_SOLVERS, InversionResult, best_of_pool, invert, is_tracing
+from .inversion import MASK_SOLVERS, InversionResult, best_of_pool, check_settings, invert, is_tracing
 from .networks import Critic, Encoder, Generator
 from .tiling import tile, untile
 
@@ -44,7 +44,7 @@ def _float32(like: torch.Tensor) -> torch.autocast:
 
 
 def check_solver(settings: dict[str, Any]) -> None:
-    """Refuse solver settings that :func:`~.inversion.invert` would only refuse at the first scoring.
+    """Refuse when the model is built what :func:`~.inversion.invert` would refuse at the first scoring.
 
     Raises:
         ValueError: On an unknown setting or an invalid value, naming the valid ones.
@@ -55,13 +55,15 @@ def check_solver(settings: dict[str, Any]) -> None:
         msg = f"Unknown inversion settings {unknown}; the settings are {sorted(SOLVER_DEFAULTS)}."
         raise ValueError(msg)
     solver = settings.get("mask_solver", "adam")
-    if solver not in MASK_SOLVERS or solver == "given":
+    if solver == "given":  # a model has no known mask to give
         msg = f"mask_solver must be one of {[name for name in MASK_SOLVERS if name != 'given']}, got {solver!r}."
         raise ValueError(msg)
     for name in ("steps", "finetune_steps"):
-        if settings.get(name, 0) < 0 or int(settings.get(name, 0)) != settings.get(name, 0):
+        if int(settings.get(name, 0)) != settings.get(name, 0):
             msg = f"{name} must be a whole number of steps >= 0, got {settings[name]!r}."
             raise ValueError(msg)
+    merged = {**SOLVER_DEFAULTS, **settings}
+    check_settings(merged["lam"], merged["steps"], solver, merged["finetune_steps"], mask_given=False)
     for name in ("lam", "lr", "mask_lr", "finetune_lr"):
         if name in settings and not settings[name] > 0:
             msg = f"{name} must be positive, got {settings[name]!r}."
