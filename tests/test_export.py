@@ -134,9 +134,9 @@ def test_an_export_over_the_time_budget_stops_at_once_and_says_what_to_export(ex
 
 
 def test_a_graph_as_small_as_the_fast_presets_is_built_whatever_the_estimate():
-    refuse_slow_export(estimate_s=1e6, steps=DEPLOYABLE_STEPS, budget_s=1.0)
+    refuse_slow_export(lambda: 1e6, steps=DEPLOYABLE_STEPS, budget_s=1.0)
     with pytest.raises(ExportTooSlowError, match="about 16667 min"):
-        refuse_slow_export(estimate_s=1e6, steps=DEPLOYABLE_STEPS + 1, budget_s=1.0)
+        refuse_slow_export(lambda: 1e6, steps=DEPLOYABLE_STEPS + 1, budget_s=1.0)
 
 
 @pytest.mark.parametrize("budget", ["soon", "0", "-5"])

@@ -185,17 +185,24 @@ def estimate_export_seconds(trace_with_steps: Callable[[int], GraphModule], step
     return EXPORT_OVER_TRACE * seconds_per_node * nodes
 
 
-def refuse_slow_export(estimate_s: float, steps: int, budget_s: float) -> None:
+def refuse_slow_export(estimate: Callable[[], float], steps: int, budget_s: float) -> None:
     """Stop at once when the export would run past the budget, saying how long and what to run instead.
 
-    A graph of at most :data:`DEPLOYABLE_STEPS` steps (the fast preset's) is built whatever the estimate:
-    there is no smaller deployable model to point to.
+    A graph of at most :data:`DEPLOYABLE_STEPS` steps (the fast preset's) is built whatever it costs:
+    there is no smaller deployable model to point to, so its estimate is not even made.
+
+    Args:
+        estimate (Callable[[], float]): Returns the estimated seconds (:func:`estimate_export_seconds`).
+        steps (int): The steps the export will unroll.
+        budget_s (float): The longest export to start (:func:`export_budget_seconds`).
 
     Raises:
-        ExportTooSlowError: If ``estimate_s > budget_s`` for more than :data:`DEPLOYABLE_STEPS` steps.
+        ExportTooSlowError: If the estimate is over ``budget_s`` for more than :data:`DEPLOYABLE_STEPS` steps.
 
     """
-    if estimate_s <= budget_s or steps <= DEPLOYABLE_STEPS:
+    if steps <= DEPLOYABLE_STEPS:
+        return
+    if (estimate_s := estimate()) <= budget_s:
         logger.info("Rgi: exporting %d unrolled solver steps, about %.0f s.", steps, estimate_s)
         return
     msg = (
@@ -311,7 +318,8 @@ class RgiExportMixin(ExportMixin):
                 inversion["steps"] = saved
 
         budget = export_budget_seconds()
-        refuse_slow_export(estimate_export_seconds(trace_with_steps, inversion["steps"]), inversion["steps"], budget)
+        steps = inversion["steps"]
+        refuse_slow_export(lambda: estimate_export_seconds(trace_with_steps, steps), steps, budget)
         onnx_path = create_export_root(export_root, ExportType.ONNX) / f"{model_file_name}.onnx"
         return export_unrolled_onnx(score, example, onnx_path, output_names, **kwargs)
 
