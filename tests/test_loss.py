@@ -33,3 +33,20 @@ def test_the_unchosen_share_of_the_batch_is_untouched():
     corrupted = corrupt(images, fraction=0.5, generator=torch.Generator().manual_seed(4))
     changed = sum(not torch.equal(before, after) for before, after in zip(images, corrupted, strict=True))
     assert 16 <= changed <= 48
+
+
+def test_faint_corruptions_have_soft_edges():
+    images = torch.rand(64, 3, 48, 48, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    gross = corrupt(images, fraction=1.0, generator=torch.Generator().manual_seed(6))
+    faint = corrupt(images, fraction=1.0, generator=torch.Generator().manual_seed(6), faint=True)
+    assert not torch.equal(gross, faint)
+    assert faint.min() >= -1
+    assert faint.max() <= 1
+    # A box is at most a third of the side; a soft corruption's falloff reaches beyond one.
+    def reach(before: torch.Tensor, after: torch.Tensor) -> int:
+        changed = ((after - before).abs() > 1e-3).any(dim=0)
+        rows, columns = torch.nonzero(changed, as_tuple=True)
+        return int(max(rows.max() - rows.min(), columns.max() - columns.min())) + 1 if len(rows) else 0
+
+    assert all(reach(before, after) <= 48 // 3 for before, after in zip(images, gross, strict=True))
+    assert sum(reach(before, after) > 48 // 3 for before, after in zip(images, faint, strict=True)) >= 16

@@ -295,7 +295,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
         latents = self.model.generator.sample_latent(images.shape[0])
 
         fake = self.model.generator(latents)
-        encoded = self.model.encoder(corrupt(images))
+        encoded = self.model.encoder(corrupt(images, faint=self.prior_settings["faint_corruptions"]))
         reconstruction = self.model.generator(encoded)
 
         critic_loss = self.critic_loss(

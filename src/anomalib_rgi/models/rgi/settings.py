@@ -18,6 +18,7 @@ PRIOR_DEFAULTS: dict[str, Any] = {
     "min_sample_diversity": 0.2,
     "collapse_patience": 20,
     "feature_prior_steps": 1000,
+    "faint_corruptions": False,
 }
 SOLVER_ARGUMENTS = ("lam", "steps", "finetune_steps")  # solver settings that are Rgi arguments of their own
 ADVANCED_SOLVER = {

@@ -1,0 +1,57 @@
+"""Cache one prior's inversions of a built-in category's validation and test halves, for map probes.
+
+    python research/probes/cache_inversions.py CKPT CATEGORY OUT.pt [--data-root R] [--version 2]
+        [--steps N] [--finetune-steps N]
+
+Writes, per split, the images, restorations, starts (G at the encoder's latent), masks, ground truth,
+labels and defect kinds, so candidate anomaly maps can be scored without inverting again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from anomalib_rgi import Rgi, RgiTextures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint")
+    parser.add_argument("category")
+    parser.add_argument("out")
+    parser.add_argument("--data-root", default="datasets/rgi_textures")
+    parser.add_argument("--version", type=int, default=2)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--finetune-steps", type=int)
+    args = parser.parse_args()
+    model = Rgi.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    overrides = {k: v for k, v in {"steps": args.steps, "finetune_steps": args.finetune_steps}.items() if v is not None}
+    data = RgiTextures(root=args.data_root, category=args.category, version=args.version, eval_batch_size=20)
+    data.prepare_data()
+    data.setup()
+    cache = {"settings": {**model.model.inversion, **overrides}}
+    for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
+        rows: dict[str, list] = {k: [] for k in ("target", "restored", "start", "mask", "gt", "label", "kind")}
+        start_time = time.time()
+        for batch in loader:
+            images = model.pre_processor(batch.image) if model.pre_processor else batch.image
+            with torch.no_grad():
+                result = model.model.invert(images, **overrides)
+            rows["target"].append(result.target)
+            rows["restored"].append(result.restored)
+            rows["start"].append(result.start)
+            rows["mask"].append(result.mask)
+            rows["gt"].append(batch.gt_mask.float().reshape(len(images), 1, *images.shape[-2:]))
+            rows["label"].append(batch.gt_label.long())
+            rows["kind"] += [Path(p).parent.name for p in batch.image_path]
+            print(split, len(rows["kind"]), f"{time.time() - start_time:.0f} s", flush=True)
+        cache[split] = {k: (v if k == "kind" else torch.cat(v)) for k, v in rows.items()}
+    torch.save(cache, args.out)
+
+
+if __name__ == "__main__":
+    main()
