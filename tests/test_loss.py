@@ -42,6 +42,7 @@ def test_faint_corruptions_have_soft_edges():
     assert not torch.equal(gross, faint)
     assert faint.min() >= -1
     assert faint.max() <= 1
+
     # A box is at most a third of the side; a soft corruption's falloff reaches beyond one.
     def reach(before: torch.Tensor, after: torch.Tensor) -> int:
         changed = ((after - before).abs() > 1e-3).any(dim=0)

@@ -24,22 +24,23 @@ from anomalib_rgi.models.rgi.inversion import InversionResult
 BLUR = GaussianBlur2d(sigma=4.0, channels=1)
 
 
+def window_mean(values: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over size x size windows (odd size), at full resolution."""
+    return F.avg_pool2d(values, size, stride=1, padding=size // 2, count_include_pad=False)
+
+
 def pooled(residual: torch.Tensor, size: int) -> torch.Tensor:
-    """|mean of the signed residual over size x size windows|, at full resolution."""
-    if size == 1:
-        return residual.abs()
-    return F.avg_pool2d(residual, size, stride=1, padding=size // 2, count_include_pad=False)[..., : residual.shape[-2], : residual.shape[-1]].abs()
+    """|mean of the signed residual over size x size windows|."""
+    return residual.abs() if size == 1 else window_mean(residual, size).abs()
 
 
 def energy(residual: torch.Tensor, size: int) -> torch.Tensor:
     """Root mean square residual over size x size windows."""
-    return F.avg_pool2d(residual.square(), size, stride=1, padding=size // 2, count_include_pad=False)[..., : residual.shape[-2], : residual.shape[-1]].sqrt()
+    return window_mean(residual.square(), size).sqrt()
 
 
 def local_std(image: torch.Tensor, size: int) -> torch.Tensor:
-    mean = F.avg_pool2d(image, size, stride=1, padding=size // 2, count_include_pad=False)
-    square = F.avg_pool2d(image.square(), size, stride=1, padding=size // 2, count_include_pad=False)
-    return (square - mean.square()).clamp_min(0).sqrt()[..., : image.shape[-2], : image.shape[-1]]
+    return (window_mean(image.square(), size) - window_mean(image, size).square()).clamp_min(0).sqrt()
 
 
 def candidate_parts(data: dict, model: Rgi) -> dict[str, torch.Tensor]:
@@ -58,17 +59,23 @@ def candidate_parts(data: dict, model: Rgi) -> dict[str, torch.Tensor]:
             for size in (1, 5, 9, 17, 33):
                 parts[f"pool{size}-{name}"] = BLUR(pooled(r, size)) if size < 9 else pooled(r, size)
                 parts[f"rms{size}-{name}"] = energy(r, size) if size > 1 else BLUR(r.abs())
+        grey_start, grey = s.mean(1, keepdim=True), x.mean(1, keepdim=True)
         for size in (9, 17):
-            parts[f"texloss{size}"] = (local_std(s.mean(1, keepdim=True), size) - local_std(x.mean(1, keepdim=True), size)).clamp_min(0)
-            parts[f"texdiff{size}"] = (local_std(s.mean(1, keepdim=True), size) - local_std(x.mean(1, keepdim=True), size)).abs()
+            texture_change = local_std(grey_start, size) - local_std(grey, size)
+            parts[f"texloss{size}"] = texture_change.clamp_min(0)
+            parts[f"texdiff{size}"] = texture_change.abs()
     return parts
 
 
 def split_result(result: InversionResult, size: int = 20):
     for i in range(0, len(result.target), size):
         yield InversionResult(
-            restored=result.restored[i : i + size], mask=result.mask[i : i + size], latent=result.latent,
-            loss=result.loss, target=result.target[i : i + size], start=result.start[i : i + size],
+            restored=result.restored[i : i + size],
+            mask=result.mask[i : i + size],
+            latent=result.latent,
+            loss=result.loss,
+            target=result.target[i : i + size],
+            start=result.start[i : i + size],
         )
 
 
@@ -128,7 +135,8 @@ def main() -> None:
     print("| map | pix AUROC | Dice best | img AUROC | " + " | ".join(kind_names) + " |")
     for row in rows:
         cells = [f"{row['kinds'][k]['image_AUROC']:.2f}/{row['kinds'][k]['pixel_AUROC']:.2f}" for k in kind_names]
-        print(f"| {row['map']} | {row['pixel_AUROC']:.3f} | {row['Dice_best']:.3f} | {row['image_AUROC']:.3f} | " + " | ".join(cells) + " |")
+        head = f"| {row['map']} | {row['pixel_AUROC']:.3f} | {row['Dice_best']:.3f} | {row['image_AUROC']:.3f} | "
+        print(head + " | ".join(cells) + " |")
     sys.stdout.flush()
 
 

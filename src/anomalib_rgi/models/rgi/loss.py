@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 
-def soft_region(top: int, left: int, box_h: int, box_w: int, height: int, width: int, device: torch.device) -> torch.Tensor:
-    """A soft-edged weight in [0, 1], ``(1, H, W)``: a Gaussian ellipse centred on the box, its radii the box's half-sides."""
+def soft_region(
+    top: int, left: int, box_h: int, box_w: int, height: int, width: int, device: torch.device
+) -> torch.Tensor:
+    """Return a soft-edged weight in [0, 1], ``(1, H, W)``: a Gaussian ellipse on the box, radii its half-sides."""
     rows = (torch.arange(height, device=device) - (top + box_h / 2)) / (box_h / 2)
     cols = (torch.arange(width, device=device) - (left + box_w / 2)) / (box_w / 2)
     return torch.exp(-0.5 * (rows.view(-1, 1).square() + cols.view(1, -1).square())).unsqueeze(0)

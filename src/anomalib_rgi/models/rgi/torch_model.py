@@ -65,7 +65,11 @@ def check_solver(settings: dict[str, Any]) -> None:
             raise ValueError(msg)
     merged = {**SOLVER_DEFAULTS, **settings}
     check_settings(
-        merged["lam"], merged["steps"], solver, merged["finetune_steps"], mask_given=False,
+        merged["lam"],
+        merged["steps"],
+        solver,
+        merged["finetune_steps"],
+        mask_given=False,
         anchor_weight=merged["anchor_weight"],
     )
     for name in ("lam", "lr", "mask_lr", "finetune_lr"):
