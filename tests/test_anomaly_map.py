@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from anomalib.engine import Engine
+from anomalib.metrics import AUROC, Evaluator, F1Max
 
 from anomalib_rgi import Rgi
 from anomalib_rgi.data import RgiTextures
 from anomalib_rgi.data.textures import load_photograph
-from anomalib_rgi.models.rgi.anomaly_map import weigh
+from anomalib_rgi.models.rgi.anomaly_map import FEATURE_PARTS, weigh
 from anomalib_rgi.models.rgi.feature_parts import FeatureDistance, FeaturePrior
-from anomalib_rgi.models.rgi.map_selection import good_mask_level
+from anomalib_rgi.models.rgi.map_selection import PIXEL_AUROC_TOLERANCE, good_mask_level
 from anomalib_rgi.models.rgi.torch_model import RgiModel
 
 from .conftest import TINY_DATA, TINY_MODEL, TINY_PRIOR, fit_tiny, maps_in_openvino_and_torch
@@ -269,19 +270,37 @@ def test_validation_chooses_the_map_and_learns_its_thresholds(tiny_data_root, tm
     assert kept["anomaly_map"] in {"mask", "mask+feature_distance", "mask+feature_prior"}
     assert kept["feature_weight"] == max(chosen["feature_distance"], chosen["feature_prior"])
     # The choice travels in the checkpoint, whichever way it is loaded (the CLI builds from the config first).
-    loaded = Rgi.load_from_checkpoint(checkpoint)
-    assert loaded.model.anomaly_map.settings == chosen
-    # The kept Dice is the best option's on that epoch's validation, scored as anomalib scores it.
-    dice = {}
+    assert Rgi.load_from_checkpoint(checkpoint).model.anomaly_map.settings == chosen
+    # The kept Dice is the best among the options that rank pixels nearly as well as the best one, the
+    # image score the option with the best image AUROC: each scored as anomalib scores it.
+    evaluator = Evaluator(
+        val_metrics=[
+            F1Max(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_"),
+            AUROC(fields=["pred_score", "gt_label"], prefix="val_image_"),
+        ]
+    )
+    loaded = Rgi.load_from_checkpoint(checkpoint, evaluator=evaluator, strict=False)  # other metrics, other state
+    rows = {}
     for option in loaded.model.anomaly_map.candidates:
-        loaded.model.anomaly_map.set_settings(chosen | option)
+        own_score = {f"score_{part}": weight for part, weight in option.items()}
+        loaded.model.anomaly_map.set_settings(chosen | option | own_score)
         validated = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1)
-        dice[tuple(option.values())] = validated.validate(model=loaded, datamodule=datamodule)[0]["val_pixel_F1Max"]
+        metrics = validated.validate(model=loaded, datamodule=datamodule)[0]
+        rows[tuple(option.values())] = [
+            metrics[f"val_{name}"] for name in ("pixel_F1Max", "pixel_AUROC", "image_AUROC")
+        ]
         if option.items() <= chosen.items():
             threshold = float(loaded.post_processor.pixel_threshold)
-    assert len(dice) == 1 + 2 * len(weights)  # the mask alone, and each part at each weight
-    assert len(set(dice.values())) > 1  # the options can be told apart
-    assert kept["val_pixel_F1Max"] == pytest.approx(max(dice.values()), abs=1e-4)
+    assert len(rows) == 1 + 2 * len(weights)  # the mask alone, and each part at each weight
+    assert len({dice for dice, _, _ in rows.values()}) > 1  # the options can be told apart
+    best_pixel_auroc = max(pixel_auroc for _, pixel_auroc, _ in rows.values())
+    eligible = [
+        dice for dice, pixel_auroc, _ in rows.values() if pixel_auroc >= best_pixel_auroc - PIXEL_AUROC_TOLERANCE
+    ]
+    assert kept["val_pixel_F1Max"] == pytest.approx(max(eligible), abs=1e-4)
+    scoring = tuple(chosen[f"score_{part}"] for part in FEATURE_PARTS)
+    assert rows[scoring][2] == pytest.approx(max(image_auroc for *_, image_auroc in rows.values()), abs=1e-6)
     assert float(model.post_processor.pixel_threshold) == pytest.approx(threshold, rel=1e-4)
 
 

@@ -7,8 +7,13 @@ Two parts read ImageNet features (:mod:`~anomalib_rgi.models.rgi.feature_parts`)
   the prior's image at the inversion's starting latent (not the final restoration: the steps, and
   R-RGI's fine-tuning above all, learn part of a defect);
 - ``"mask+feature_prior"``: plus the residual of a generative prior of normal ImageNet features;
-- ``"best_on_validation"``: each validation of the fit keeps whichever of the three (and whichever
-  candidate weight) scores the highest validation Dice.
+- ``"best_on_validation"``: each validation of the fit chooses among the three (and the candidate
+  weights): the pixel map with the highest validation Dice among those whose pixel AUROC is within
+  0.01 of the best, and, on its own, the map whose maximum scores images best (validation image AUROC).
+
+The image score is a map's maximum. It may come from another weighing of the same parts than the
+pixel map: a part that ranks images well (the feature prior finds faint, spread-out defects) can be
+too coarse to outline them, where the mask outlines them sharply.
 
 Each feature part is brought to the mask map's units by a scale calibrated on defect-free images, so
 one weight means the same on every prior. The mask may count only above a floor learned on the good
@@ -32,8 +37,16 @@ from .inversion import InversionResult, is_tracing
 MapKind = Literal["mask", "mask+feature_distance", "mask+feature_prior", "best_on_validation"]
 MAP_KINDS: tuple[str, ...] = get_args(MapKind)
 FEATURE_PARTS = ("feature_distance", "feature_prior")
-SETTING_NAMES = (*FEATURE_PARTS, "mask_floor")
-MapSettings = dict[str, float]  # {"feature_distance": weight, "feature_prior": weight, "mask_floor": level}
+SCORE_PARTS = tuple(f"score_{part}" for part in FEATURE_PARTS)  # the image score's weights of the same parts
+SETTING_NAMES = (*FEATURE_PARTS, "mask_floor", *SCORE_PARTS)
+# {"feature_distance": weight, "feature_prior": weight, "mask_floor": level, "score_feature_distance": weight, ...}
+MapSettings = dict[str, float]
+
+
+def score_settings(settings: MapSettings) -> MapSettings:
+    """Return the settings of the map whose maximum is the image score (the pixel map's where not given)."""
+    weights = {part: settings.get(f"score_{part}", settings.get(part, 0.0)) for part in FEATURE_PARTS}
+    return weights | {"mask_floor": settings.get("mask_floor", 0.0)}
 
 
 def map_kind(settings: MapSettings) -> str:
@@ -47,6 +60,14 @@ def describe_map(settings: MapSettings) -> str:
 
     ``"mask"`` is the paper's map; otherwise the weighted ImageNet-feature part and the mask floor follow.
     """
+    pixel = _describe_weights(settings)
+    scoring = score_settings(settings)
+    if all(scoring[part] == settings.get(part, 0.0) for part in FEATURE_PARTS):
+        return pixel
+    return f"{pixel}; image score: {_describe_weights(scoring)}"
+
+
+def _describe_weights(settings: MapSettings) -> str:
     weighted = [f"{part.replace('_', ' ')} x{settings[part]:g}" for part in FEATURE_PARTS if settings.get(part)]
     if not weighted:
         return "mask"
@@ -139,7 +160,8 @@ class AnomalyMap(nn.Module):
             if self.candidates
             else {part: weights[0] if part in fixed else 0.0 for part in FEATURE_PARTS}
         )
-        self.settings: MapSettings = {**start, "mask_floor": float("nan") if self.learn_floor else 0.0}
+        floor = float("nan") if self.learn_floor else 0.0
+        self.settings: MapSettings = {**start, "mask_floor": floor, **{f"score_{p}": w for p, w in start.items()}}
         # The settings in the checkpoint: the chosen weights and learned floor travel with the weights.
         self.register_buffer("saved_settings", self._settings_tensor())
         self.register_load_state_dict_post_hook(_read_saved_settings)
@@ -151,7 +173,12 @@ class AnomalyMap(nn.Module):
         return torch.tensor([*values, float(learned)], dtype=torch.float64)
 
     def set_settings(self, settings: MapSettings) -> None:
-        """Score with these weights and floor from now on (and save them with the model)."""
+        """Score with these weights and floor from now on (and save them with the model).
+
+        Without ``score_*`` weights the image score is the pixel map's maximum.
+        """
+        scoring = score_settings(settings)
+        settings = settings | {f"score_{part}": scoring[part] for part in FEATURE_PARTS}
         self.settings = {name: float(settings[name]) for name in SETTING_NAMES}
         self.saved_settings.copy_(self._settings_tensor())
 
@@ -199,7 +226,8 @@ class AnomalyMap(nn.Module):
 
         Args:
             result (InversionResult): An inversion.
-            weighted_only (bool): Leave out the feature parts whose current weight is 0.
+            weighted_only (bool): Leave out the feature parts that neither the pixel map nor the image
+                score weighs.
 
         Raises:
             RuntimeError: If a feature part was never calibrated or the feature prior never fitted.
@@ -207,7 +235,7 @@ class AnomalyMap(nn.Module):
         """
         parts = {"mask": self.mask_part(result)}
         for name, (compute, scale) in self._feature_parts().items():
-            if weighted_only and not self.settings[name]:
+            if weighted_only and not (self.settings[name] or self.settings[f"score_{name}"]):
                 continue
             part = compute(result)  # first: an unfitted feature prior says so
             if not is_tracing() and torch.isnan(scale):
@@ -226,14 +254,24 @@ class AnomalyMap(nn.Module):
             RuntimeError: If the mask floor is to be learned and was not (the prior was fitted without it).
 
         """
-        weighted = any(self.settings[part] for part in FEATURE_PARTS)
+        return self.maps(result)[0]
+
+    def maps(self, result: InversionResult) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the anomaly map and the map whose maximum is the image score, each ``(N, 1, H, W)``.
+
+        Raises:
+            RuntimeError: If the mask floor is to be learned and was not (the prior was fitted without it).
+
+        """
+        weighted = any(self.settings[part] or self.settings[f"score_{part}"] for part in FEATURE_PARTS)
         if not is_tracing() and weighted and math.isnan(self.settings["mask_floor"]):
             msg = (
                 "This model learns its mask floor on validation (mask_floor_quantile > 0), and the prior it holds "
                 "was fitted without one: fit it again, or score it with mask_floor_quantile 0."
             )
             raise RuntimeError(msg)
-        return weigh(self.parts(result, weighted_only=True), self.settings)
+        parts = self.parts(result, weighted_only=True)
+        return weigh(parts, self.settings), weigh(parts, score_settings(self.settings))
 
     @torch.no_grad()
     def calibrate(self, result: InversionResult) -> dict[str, float]:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from anomalib.utils.serialization import anomalib_safe_globals
 
-from .anomaly_map import FEATURE_PARTS
+from .anomaly_map import FEATURE_PARTS, SETTING_NAMES
 from .settings import PRIOR_DEFAULTS
 
 # The prior's architecture: a checkpoint's networks load only into a model built with the same values.
@@ -80,6 +80,14 @@ def read_checkpoint(path: str | Path, safe_globals: list) -> dict[str, Any]:
     return checkpoint
 
 
+def with_score_weights(saved: torch.Tensor) -> torch.Tensor:
+    """Return a map settings buffer with the image score's weights (before they were saved: the pixel map's)."""
+    floor = len(FEATURE_PARTS)
+    if len(saved) == len(SETTING_NAMES) + 1:
+        return saved.clone()
+    return torch.cat([saved[: floor + 1], saved[:floor], saved[floor + 1 :]])
+
+
 def match_map_state(
     state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], fixed_map: bool, floor_learned: bool
 ) -> bool:
@@ -107,14 +115,16 @@ def match_map_state(
         del state[name]
     for name, value in own.items():
         state.setdefault(name, value)
-    saved = state[f"{prefix}saved_settings"].clone()  # weights..., floor, whether the floor was learned
+    saved = with_score_weights(state[f"{prefix}saved_settings"])  # weights, floor, score weights, learned
+    before = saved.clone()
     floor = len(FEATURE_PARTS)
     if fixed_map:
         saved[:floor] = own[f"{prefix}saved_settings"][:floor]
+        saved[floor + 1 : -1] = own[f"{prefix}saved_settings"][floor + 1 : -1]
     if not floor_learned:
-        saved[floor:] = 0.0
-    elif not saved[floor + 1]:
+        saved[floor] = saved[-1] = 0.0
+    elif not saved[-1]:
         saved[floor] = float("nan")  # fitted without a floor: scoring refuses rather than use none
-    changed = not torch.equal(saved[: floor + 1], state[f"{prefix}saved_settings"][: floor + 1])
+    changed = not torch.equal(saved[:-1], before[:-1])
     state[f"{prefix}saved_settings"] = saved
     return changed

@@ -39,7 +39,7 @@ from torchvision.transforms.v2 import Resize
 from anomalib_rgi.metrics import Dice, FalseAlarmRate, PerImageBestDice
 from anomalib_rgi.visualization import RgiVisualizer
 
-from .anomaly_map import FEATURE_PARTS, MapKind, image_score, map_kind, weigh
+from .anomaly_map import FEATURE_PARTS, MapKind, describe_map, image_score, map_kind, score_settings, weigh
 from .callbacks import (
     CollapseMonitor,
     DistributedFit,
@@ -390,11 +390,11 @@ class Rgi(RgiExportMixin, AnomalibModule):
             settings = anomaly_map.settings
             if math.isnan(settings["mask_floor"]):  # not learned yet: this validation learns it
                 settings = settings | {"mask_floor": 0.0}
-            maps = weigh(parts, settings)
+            maps, scores = weigh(parts, settings), image_score(weigh(parts, score_settings(settings)))
         self._validation_parts.append(
             ({name: part.cpu() for name, part in parts.items()}, batch.gt_mask, batch.gt_label)
         )
-        predictions = InferenceBatch(pred_score=image_score(maps), anomaly_map=maps)
+        predictions = InferenceBatch(pred_score=scores, anomaly_map=maps)
         return self._fill(batch, result, predictions)
 
     def on_validation_epoch_end(self) -> None:
@@ -418,11 +418,11 @@ class Rgi(RgiExportMixin, AnomalibModule):
         settings, score = self.trainer.strategy.broadcast((settings, score))
         self._validation_score = score
         self.log_dict({f"map_{name}": float(value) for name, value in settings.items()})
-        if len(options) > 1:
+        if options:
             logger.info(
-                "Rgi: validation Dice per map %s; keeping %s.",
-                {name: round(dice, 4) for name, dice in options.items()},
-                map_kind(settings),
+                "Rgi: validation Dice / pixel AUROC / image AUROC per map %s; keeping %s.",
+                {name: "/".join(f"{value:.4f}" for value in row.values()) for name, row in options.items()},
+                describe_map(settings),
             )
         if settings != anomaly_map.settings:
             anomaly_map.set_settings(settings)

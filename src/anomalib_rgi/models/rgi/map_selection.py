@@ -3,6 +3,11 @@
 A fit keeps the parts of every validation map (:meth:`~.anomaly_map.AnomalyMap.parts`), so weighing
 them again at other settings costs no second inversion. The functions here score, choose and learn
 from those kept parts; the validation Dice they compute is the one that also chooses the epoch.
+
+Two choices are made among the candidate weights. The pixel map: the highest dataset-level Dice among
+the maps whose pixel AUROC is within :data:`PIXEL_AUROC_TOLERANCE` of the best one's, so that a map
+that outlines the defects it finds a little better cannot win while it misses others altogether. The
+image score: the map whose maximum has the highest image AUROC.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import torch
 from anomalib.metrics import F1Max
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
+from torchmetrics.functional.classification import binary_auroc
 
-from .anomaly_map import MapSettings, describe_map, image_score, weigh
+from .anomaly_map import FEATURE_PARTS, MapSettings, describe_map, image_score, score_settings, weigh
+
+PIXEL_AUROC_TOLERANCE = 0.01
 
 # One validation batch: the map's parts, the ground-truth masks and labels (either may be None).
 KeptBatch = tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]
@@ -53,10 +61,10 @@ def weighed_batch(
     gt_label: torch.Tensor | None = None,
 ) -> SimpleNamespace:
     """Anomalib's batch fields for kept parts at these settings: maps ``(N, H, W)``, scores and ground truth."""
-    anomaly_map = weigh({name: part.to(device) for name, part in parts.items()}, settings).squeeze(1)
-    return SimpleNamespace(
-        anomaly_map=anomaly_map, pred_score=image_score(anomaly_map), gt_mask=gt_mask, gt_label=gt_label
-    )
+    parts = {name: part.to(device) for name, part in parts.items()}
+    anomaly_map = weigh(parts, settings).squeeze(1)
+    pred_score = image_score(weigh(parts, score_settings(settings)))
+    return SimpleNamespace(anomaly_map=anomaly_map, pred_score=pred_score, gt_mask=gt_mask, gt_label=gt_label)
 
 
 def validation_dice(kept: list[KeptBatch], settings: MapSettings) -> float:
@@ -67,13 +75,35 @@ def validation_dice(kept: list[KeptBatch], settings: MapSettings) -> float:
     return float(dice.compute())
 
 
+def validation_pixel_auroc(kept: list[KeptBatch], settings: MapSettings) -> float:
+    """Pixel AUROC of the map these settings give, over every kept validation pixel."""
+    maps = torch.cat([weigh(parts, settings).flatten() for parts, _, _ in kept])
+    truth = torch.cat([gt_mask.cpu().flatten() for _, gt_mask, _ in kept]).long()
+    return float(binary_auroc(maps, truth))
+
+
+def validation_image_auroc(kept: list[KeptBatch], settings: MapSettings) -> float | None:
+    """Image AUROC of these settings' map maximum as the score; None without both good and defective images."""
+    if any(gt_label is None for _, _, gt_label in kept):
+        return None
+    scores = torch.cat([image_score(weigh(parts, settings)) for parts, _, _ in kept])
+    labels = torch.cat([gt_label.cpu() for _, _, gt_label in kept]).long()
+    if labels.unique().numel() < 2:
+        return None
+    return float(binary_auroc(scores, labels))
+
+
 def choose_settings(
     kept: list[KeptBatch],
     current: MapSettings,
     candidates: list[MapSettings],
     mask_floor_quantile: float,
-) -> tuple[MapSettings, float | None, dict[str, float]]:
-    """Learn the floor, then keep the candidate weights with the best validation Dice (the first on a tie).
+) -> tuple[MapSettings, float | None, dict[str, dict[str, float]]]:
+    """Learn the floor, then choose the pixel map's and the image score's weights among the candidates.
+
+    The pixel map: the best validation Dice among the candidates whose pixel AUROC is within
+    :data:`PIXEL_AUROC_TOLERANCE` of the best; the image score: the best image AUROC. Ties go to the
+    first candidate.
 
     Args:
         kept (list[KeptBatch]): The validation's kept parts.
@@ -82,8 +112,9 @@ def choose_settings(
         mask_floor_quantile (float): Above 0: the floor is this quantile of the mask on good images.
 
     Returns:
-        tuple: The chosen settings, their validation Dice (None without defect masks) and the Dice of
-        every option, by the map each names.
+        tuple: The chosen settings, the pixel map's validation Dice (None without defect masks) and,
+        by the map each candidate names, its ``Dice``, ``pixel_AUROC`` and ``image_AUROC`` (empty when
+        there was nothing to choose).
 
     Raises:
         ValueError: If candidates are given but the validation images have no defect masks.
@@ -92,7 +123,7 @@ def choose_settings(
     masked = has_defect_masks(kept)
     if candidates and not masked:
         msg = (
-            "The anomaly map is chosen by validation Dice (a list of feature_weight candidates or "
+            "The anomaly map is chosen on validation (a list of feature_weight candidates or "
             "'best_on_validation'), but the validation images have no defect masks: give the datamodule "
             "defective validation images with masks (val_split_mode 'from_test'), or fix the map and its weight."
         )
@@ -100,16 +131,31 @@ def choose_settings(
     settings = dict(current)
     if mask_floor_quantile:
         settings["mask_floor"] = good_mask_level(kept, mask_floor_quantile)
-    options = [settings | weights for weights in candidates] or [settings]
     if not masked:
-        return options[0], None, {}
+        return settings, None, {}
+    if not candidates:
+        return settings, validation_dice(kept, settings), {}
+    options = [
+        settings | weights | {f"score_{part}": weights[part] for part in FEATURE_PARTS} for weights in candidates
+    ]
     dice = [validation_dice(kept, option) for option in options]
-    best = max(range(len(options)), key=dice.__getitem__)
-    return (
-        options[best],
-        dice[best],
-        {describe_map(option | {"mask_floor": 0.0}): value for option, value in zip(options, dice, strict=True)},
-    )
+    pixel_auroc = [validation_pixel_auroc(kept, option) for option in options]
+    image_auroc = [validation_image_auroc(kept, option) for option in options]
+    eligible = [i for i, value in enumerate(pixel_auroc) if value >= max(pixel_auroc) - PIXEL_AUROC_TOLERANCE]
+    best = max(eligible, key=dice.__getitem__)
+    chosen = options[best]
+    if image_auroc[0] is not None:
+        scoring = options[max(range(len(options)), key=image_auroc.__getitem__)]
+        chosen = chosen | {f"score_{part}": scoring[part] for part in FEATURE_PARTS}
+    report = {
+        describe_map(option | {"mask_floor": 0.0}): {
+            "Dice": dice[i],
+            "pixel_AUROC": pixel_auroc[i],
+            "image_AUROC": float("nan") if image_auroc[i] is None else image_auroc[i],
+        }
+        for i, option in enumerate(options)
+    }
+    return chosen, dice[best], report
 
 
 def learn_thresholds(

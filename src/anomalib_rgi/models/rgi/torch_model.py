@@ -282,10 +282,13 @@ class RgiModel(nn.Module):
         return self.anomaly_map.calibrate(self.invert(images, steps=0, mask_solver="closed_form", finetune_steps=0))
 
     def predictions(self, result: InversionResult) -> InferenceBatch:
-        """Anomalib's predictions from an inversion: ``anomaly_map`` (stitched) and ``pred_score`` (its maximum)."""
+        """Anomalib's predictions from an inversion: ``anomaly_map`` (stitched) and ``pred_score``.
+
+        ``pred_score`` is the maximum of the image-score map (:meth:`~.anomaly_map.AnomalyMap.maps`).
+        """
         with _float32(result.target):
-            anomaly_map = self.untile(self.anomaly_map(result))
-        return InferenceBatch(pred_score=image_score(anomaly_map), anomaly_map=anomaly_map)
+            anomaly_map, score_map = (self.untile(part) for part in self.anomaly_map.maps(result))
+        return InferenceBatch(pred_score=image_score(score_map), anomaly_map=anomaly_map)
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Score a batch of images in [0, 1]."""
