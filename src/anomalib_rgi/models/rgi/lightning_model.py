@@ -250,8 +250,9 @@ class Rgi(RgiExportMixin, AnomalibModule):
 
         Returns:
             dict[str, Any] | None: ``{"epoch", "val_pixel_F1Max", "anomaly_map", "feature_weight",
-            "mask_floor"}`` of the epoch the checkpoint holds, or None when its validation had no defect
-            masks to score.
+            "mask_floor", "described"}`` of the epoch the checkpoint holds (``described``: the pixel map
+            and the image score's map, as results tables name them), or None when its validation had no
+            defect masks to score.
 
         """
         return read_checkpoint(checkpoint_path, cls.checkpoint_safe_globals()).get("rgi_kept_validation")
@@ -266,6 +267,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
             "anomaly_map": map_kind(settings),
             "feature_weight": weight,
             "mask_floor": settings["mask_floor"],
+            "described": describe_map(settings),
         }
 
     def on_fit_start(self) -> None:
