@@ -117,7 +117,6 @@ def test_inversion_works_under_inference_mode(linear_generator):
         ({"finetune_steps": -1}, "finetune_steps"),
         ({"lam": 0.0}, "lam must be positive"),
         ({"steps": -1}, "steps"),
-        ({"anchor_weight": -0.1}, "anchor_weight"),
     ],
 )
 def test_bad_solver_arguments(linear_generator, kwargs, message):
@@ -155,17 +154,3 @@ def test_given_mask_fits_only_the_known_pixels(linear_generator):
         invert(linear_generator, corrupted, start, mask_solver="given")
     with pytest.raises(ValueError, match="given_mask"):
         invert(linear_generator, corrupted, start, given_mask=region.float())
-
-
-def test_the_anchor_keeps_the_latent_near_its_start_and_the_defect_in_the_residual(linear_generator):
-    # A faint change the generator can follow (a small move of the latent): free inversion absorbs it,
-    # the anchored one stays near the start and leaves it in the residual.
-    latent, _, _, _ = _planted(linear_generator)
-    shifted = linear_generator(latent + 0.3 * torch.randn(latent.shape, generator=torch.Generator().manual_seed(2)))
-    shifted = shifted.detach()
-    free = invert(linear_generator, shifted, latent, mask_solver="closed_form", lam=0.5, steps=300, lr=0.05)
-    anchored = invert(
-        linear_generator, shifted, latent, mask_solver="closed_form", lam=0.5, steps=300, lr=0.05, anchor_weight=100.0
-    )
-    assert (anchored.latent - latent).norm() < 0.5 * (free.latent - latent).norm()
-    assert (shifted - anchored.restored).abs().mean() > 0.1 > 100 * (shifted - free.restored).abs().mean()

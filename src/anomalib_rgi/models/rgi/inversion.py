@@ -3,16 +3,11 @@
 The solver minimises, for every image ``x`` of a batch independently,
 
     L(z, M) = sum((1 - M)^2 * (x - G(z))^2) + lam * sum(|M|) - critic_weight * mean(D(G(z)))
-              + anchor_weight * sum((z - z_0)^2)
 
 over the latent ``z`` and a mask ``M`` of the image's shape (per pixel and channel), with Adam, as in
 the authors' code. ``M`` may instead be eliminated with its closed-form optimum for the current
 residual ``r``, ``m(r) = max(0, 1 - lam / (2 r^2))`` (``mask_solver="closed_form"``); ``"none"``
 turns the solver into plain, non-robust inversion (AnoGAN's search), the baseline RGI improves on.
-
-The last term is a trust region around the starting latent ``z_0`` (0: none, the authors'). A prior
-whose encoder looks through a defect starts from a clean ``G(z_0)``; without the anchor a spatial
-latent can drift to follow a faint, smooth defect (a stain, a dent), which then leaves no residual.
 
 R-RGI (``finetune_steps > 0``) continues from the RGI solution while also optimising a private copy
 of the generator's weights for each image; the trained weights are never modified.
@@ -177,15 +172,12 @@ def _adam_step(
         param.sub_(lr * first_hat / (second_hat.sqrt() + torch.full_like(second_hat, eps)))
 
 
-def check_settings(
-    lam: float, steps: int, mask_solver: str, finetune_steps: int, mask_given: bool, anchor_weight: float = 0.0
-) -> None:
+def check_settings(lam: float, steps: int, mask_solver: str, finetune_steps: int, mask_given: bool) -> None:
     """Refuse solver settings :func:`invert` cannot run, naming what is wrong.
 
     Raises:
         ValueError: On an unknown solver, negative step counts, Adam's mask without a step, a given
-            mask without ``mask_solver="given"`` (or the reverse), a non-positive ``lam`` for a robust solver,
-            or a negative ``anchor_weight``.
+            mask without ``mask_solver="given"`` (or the reverse), or a non-positive ``lam`` for a robust solver.
 
     """
     if mask_solver not in MASK_SOLVERS:
@@ -205,9 +197,6 @@ def check_settings(
     if mask_solver not in {"none", "given"} and not lam > 0:
         msg = f"lam must be positive for robust inversion, got {lam}."
         raise ValueError(msg)
-    if anchor_weight < 0:
-        msg = f"anchor_weight must be 0 or positive, got {anchor_weight}."
-        raise ValueError(msg)
 
 
 def invert(
@@ -222,7 +211,6 @@ def invert(
     mask_solver: MaskSolver = "adam",
     critic: Callable[[torch.Tensor], torch.Tensor] | None = None,
     critic_weight: float = 0.0,
-    anchor_weight: float = 0.0,
     finetune_steps: int = 0,
     finetune_lr: float = 1e-5,
     given_mask: torch.Tensor | None = None,
@@ -245,7 +233,6 @@ def invert(
             inversion; the returned ``mask`` is then the residual ``x - G(z)``).
         critic (Callable | None): Frozen critic for the realism term.
         critic_weight (float): Weight ``lambda_D`` of ``-mean(D(G(z)))``.
-        anchor_weight (float): Weight of ``sum((z - z_0)^2)``, the trust region around ``latent_init``.
         finetune_steps (int): R-RGI steps with per-image generator weights (0: plain RGI).
         finetune_lr (float): Learning rate of the generator weights.
         given_mask (torch.Tensor | None): For ``mask_solver="given"``: the KNOWN corrupted region
@@ -260,7 +247,7 @@ def invert(
             solver, mismatched batch sizes or non-finite inputs.
 
     """
-    check_settings(lam, steps, mask_solver, finetune_steps, given_mask is not None, anchor_weight)
+    check_settings(lam, steps, mask_solver, finetune_steps, given_mask is not None)
     if latent_init.shape[0] != images.shape[0]:
         msg = f"latent_init has {latent_init.shape[0]} rows for {images.shape[0]} images."
         raise ValueError(msg)
@@ -282,16 +269,12 @@ def invert(
                 return functional_call(generator, weights, (latents,))
             return vmap(lambda p, z: functional_call(generator, p, (z.unsqueeze(0),)).squeeze(0))(per_image, latents)
 
-        anchor = latent.detach().clone()
-
         def objective(restored: torch.Tensor) -> torch.Tensor:
             # closed form: envelope theorem, the optimal mask is treated as a constant in z
             current_mask = closed_form_mask((target - restored).detach(), lam) if mask_solver == "closed_form" else mask
             loss = robust_objective(target, restored, current_mask, lam)
             if critic is not None and critic_weight:
                 loss = loss - critic_weight * realism(critic, restored)
-            if anchor_weight:
-                loss = loss + anchor_weight * (latent - anchor).square().flatten(1).sum(1)
             return loss
 
         start = None  # the prior's image at latent_init: the first step's forward pass, kept

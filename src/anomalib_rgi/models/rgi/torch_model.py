@@ -27,7 +27,6 @@ SOLVER_DEFAULTS: dict[str, Any] = {
     "mask_lr": 0.1,
     "mask_solver": "adam",
     "critic_weight": 0.0,
-    "anchor_weight": 0.0,
     "finetune_steps": 0,
     "finetune_lr": 1e-4,
 }
@@ -64,14 +63,7 @@ def check_solver(settings: dict[str, Any]) -> None:
             msg = f"{name} must be a whole number of steps >= 0, got {settings[name]!r}."
             raise ValueError(msg)
     merged = {**SOLVER_DEFAULTS, **settings}
-    check_settings(
-        merged["lam"],
-        merged["steps"],
-        solver,
-        merged["finetune_steps"],
-        mask_given=False,
-        anchor_weight=merged["anchor_weight"],
-    )
+    check_settings(merged["lam"], merged["steps"], solver, merged["finetune_steps"], mask_given=False)
     for name in ("lam", "lr", "mask_lr", "finetune_lr"):
         if name in settings and not settings[name] > 0:
             msg = f"{name} must be positive, got {settings[name]!r}."
