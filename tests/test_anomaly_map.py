@@ -14,9 +14,15 @@ from anomalib.metrics import AUROC, Evaluator, F1Max
 from anomalib_rgi import Rgi
 from anomalib_rgi.data import RgiTextures
 from anomalib_rgi.data.textures import load_photograph
-from anomalib_rgi.models.rgi.anomaly_map import FEATURE_PARTS, weigh
+from anomalib_rgi.models.rgi.anomaly_map import FEATURE_PARTS, AnomalyMap, weigh
+from anomalib_rgi.models.rgi.checkpoint import match_map_state
 from anomalib_rgi.models.rgi.feature_parts import FeatureDistance, FeaturePrior
-from anomalib_rgi.models.rgi.map_selection import PIXEL_AUROC_TOLERANCE, good_mask_level
+from anomalib_rgi.models.rgi.map_selection import (
+    PIXEL_AUROC_TOLERANCE,
+    choose_settings,
+    good_mask_level,
+    weighed_batch,
+)
 from anomalib_rgi.models.rgi.torch_model import RgiModel
 
 from .conftest import TINY_DATA, TINY_MODEL, TINY_PRIOR, fit_tiny, maps_in_openvino_and_torch
@@ -402,3 +408,58 @@ def test_scoring_another_map_learns_its_thresholds_again(fitted_with_features, t
     )
     relearned, expected = mask_only.post_processor.pixel_threshold, validated.post_processor.pixel_threshold
     assert float(relearned) == pytest.approx(float(expected), rel=1e-4)
+
+
+def _kept_parts() -> list:
+    """Validation parts where the Dice-best map misses half the defects and the best ranker outlines coarsely."""
+    generator = torch.Generator().manual_seed(0)
+    gt_mask = torch.zeros(8, 1, 16, 16, dtype=torch.bool)
+    gt_mask[1:4, :, 4:8, 4:8] = True  # sharp defects: the mask outlines them exactly
+    gt_mask[5:8, :, 8:12, 8:12] = True  # faint ones: the mask misses them
+    noise = 0.05 * torch.rand(8, 1, 16, 16, generator=generator)
+    mask = noise + gt_mask[:, :, :, :].float() * torch.tensor([0, 1, 1, 1, 0, 0, 0, 0.0]).view(8, 1, 1, 1)
+    coarse = torch.nn.functional.max_pool2d(gt_mask.float(), 5, stride=1, padding=2) * 0.5 + noise
+    parts = {"mask": mask, "feature_distance": noise.flip(0), "feature_prior": coarse}
+    gt_label = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1])
+    return [(parts, gt_mask[:, 0], gt_label)]
+
+
+def test_the_pixel_map_is_the_best_dice_near_the_best_pixel_auroc_and_the_image_score_the_best_ranker():
+    kept = _kept_parts()
+    current = {"feature_distance": 0.0, "feature_prior": 0.0, "mask_floor": 0.0}
+    candidates = [{"feature_distance": 0.0, "feature_prior": 0.0}] + [
+        {"feature_distance": 0.0, "feature_prior": weight} for weight in (0.1, 4.0)
+    ]
+    chosen, dice, report = choose_settings(kept, current, candidates, mask_floor_quantile=0.0)
+    rows = list(report.values())
+    # The mask alone has the best Dice but ranks half the defective pixels as normal.
+    assert rows[0]["Dice"] == max(row["Dice"] for row in rows)
+    assert rows[0]["pixel_AUROC"] < max(row["pixel_AUROC"] for row in rows) - PIXEL_AUROC_TOLERANCE
+    near = [row for row in rows if row["pixel_AUROC"] >= max(r["pixel_AUROC"] for r in rows) - PIXEL_AUROC_TOLERANCE]
+    assert dice == max(row["Dice"] for row in near)
+    assert chosen["feature_prior"] > 0
+    best_ranker = max(range(len(rows)), key=lambda i: rows[i]["image_AUROC"])
+    assert chosen["score_feature_prior"] == candidates[best_ranker]["feature_prior"]
+    # The image score is the maximum of that map; the pixel map stays the chosen one.
+    batch = weighed_batch(kept[0][0], chosen, torch.device("cpu"))
+    expected = weigh(kept[0][0], {**chosen, "feature_prior": chosen["score_feature_prior"]}).flatten(1).amax(1)
+    assert torch.allclose(batch.pred_score, expected)
+    assert torch.allclose(batch.anomaly_map, weigh(kept[0][0], chosen).squeeze(1))
+
+
+def test_a_checkpoint_saved_before_image_score_weights_scores_with_its_pixel_maps_maximum():
+    # Settings buffers had 4 entries: feature distance, feature prior, mask floor, floor learned.
+    old = torch.tensor([0.5, 0.0, 0.04, 1.0], dtype=torch.float64)
+    own = AnomalyMap("best_on_validation", [0.5], learn_floor=True)
+    state = {"model.anomaly_map.saved_settings": old.clone()}
+    own_state = {f"model.anomaly_map.{name}": value for name, value in own.state_dict().items()}
+    stale = match_map_state(state, own_state, fixed_map=False, floor_learned=True)
+    assert not stale  # the same map as the thresholds were learned for
+    own.load_state_dict({k.removeprefix("model.anomaly_map."): v for k, v in state.items()}, strict=False)
+    assert own.settings == {
+        "feature_distance": 0.5,
+        "feature_prior": 0.0,
+        "mask_floor": pytest.approx(0.04),
+        "score_feature_distance": 0.5,
+        "score_feature_prior": 0.0,
+    }
