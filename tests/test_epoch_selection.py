@@ -53,6 +53,7 @@ def test_the_best_validated_epoch_is_kept_in_memory_and_on_disk(tiny_data_root, 
         "anomaly_map": "mask",
         "feature_weight": 0.0,
         "mask_floor": 0.0,
+        "described": "mask",
     }
 
 
@@ -72,6 +73,7 @@ def test_without_selection_the_checkpoint_records_the_last_epochs_validation(tin
         "anomaly_map": "mask",
         "feature_weight": 0.0,
         "mask_floor": 0.0,
+        "described": "mask",
     }
     assert 0 < kept["val_pixel_F1Max"] <= 1
 
