@@ -37,7 +37,8 @@ from .inversion import InversionResult, is_tracing
 MapKind = Literal["mask", "mask+feature_distance", "mask+feature_prior", "best_on_validation"]
 MAP_KINDS: tuple[str, ...] = get_args(MapKind)
 FEATURE_PARTS = ("feature_distance", "feature_prior")
-SCORE_PARTS = tuple(f"score_{part}" for part in FEATURE_PARTS)  # the image score's weights of the same parts
+SCORE_OF = {part: f"score_{part}" for part in FEATURE_PARTS}  # the image score's weight of each part
+SCORE_PARTS = tuple(SCORE_OF.values())
 SETTING_NAMES = (*FEATURE_PARTS, "mask_floor", *SCORE_PARTS)
 # {"feature_distance": weight, "feature_prior": weight, "mask_floor": level, "score_feature_distance": weight, ...}
 MapSettings = dict[str, float]
@@ -45,8 +46,13 @@ MapSettings = dict[str, float]
 
 def score_settings(settings: MapSettings) -> MapSettings:
     """Return the settings of the map whose maximum is the image score (the pixel map's where not given)."""
-    weights = {part: settings.get(f"score_{part}", settings.get(part, 0.0)) for part in FEATURE_PARTS}
+    weights = {part: settings.get(score, settings.get(part, 0.0)) for part, score in SCORE_OF.items()}
     return weights | {"mask_floor": settings.get("mask_floor", 0.0)}
+
+
+def scored_as(settings: MapSettings, weights: MapSettings) -> MapSettings:
+    """Return ``settings`` whose image score weighs the feature parts as ``weights`` does."""
+    return settings | {score: weights[part] for part, score in SCORE_OF.items()}
 
 
 def map_kind(settings: MapSettings) -> str:
@@ -78,6 +84,11 @@ def _describe_weights(settings: MapSettings) -> str:
 def image_score(anomaly_map: torch.Tensor) -> torch.Tensor:
     """Return each image's anomaly score: the maximum of its map, ``(N,)``."""
     return anomaly_map.flatten(1).amax(dim=1)
+
+
+def weigh_maps(parts: dict[str, torch.Tensor], settings: MapSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the anomaly map and the map whose maximum is the image score, at these settings (:func:`weigh`)."""
+    return weigh(parts, settings), weigh(parts, score_settings(settings))
 
 
 def weigh(parts: dict[str, torch.Tensor], settings: MapSettings) -> torch.Tensor:
@@ -161,7 +172,7 @@ class AnomalyMap(nn.Module):
             else {part: weights[0] if part in fixed else 0.0 for part in FEATURE_PARTS}
         )
         floor = float("nan") if self.learn_floor else 0.0
-        self.settings: MapSettings = {**start, "mask_floor": floor, **{f"score_{p}": w for p, w in start.items()}}
+        self.settings: MapSettings = scored_as({**start, "mask_floor": floor}, start)
         # The settings in the checkpoint: the chosen weights and learned floor travel with the weights.
         self.register_buffer("saved_settings", self._settings_tensor())
         self.register_load_state_dict_post_hook(_read_saved_settings)
@@ -177,8 +188,7 @@ class AnomalyMap(nn.Module):
 
         Without ``score_*`` weights the image score is the pixel map's maximum.
         """
-        scoring = score_settings(settings)
-        settings = settings | {f"score_{part}": scoring[part] for part in FEATURE_PARTS}
+        settings = scored_as(settings, score_settings(settings))
         self.settings = {name: float(settings[name]) for name in SETTING_NAMES}
         self.saved_settings.copy_(self._settings_tensor())
 
@@ -234,8 +244,9 @@ class AnomalyMap(nn.Module):
 
         """
         parts = {"mask": self.mask_part(result)}
+        scoring = score_settings(self.settings)
         for name, (compute, scale) in self._feature_parts().items():
-            if weighted_only and not (self.settings[name] or self.settings[f"score_{name}"]):
+            if weighted_only and not (self.settings[name] or scoring[name]):
                 continue
             part = compute(result)  # first: an unfitted feature prior says so
             if not is_tracing() and torch.isnan(scale):
@@ -263,15 +274,15 @@ class AnomalyMap(nn.Module):
             RuntimeError: If the mask floor is to be learned and was not (the prior was fitted without it).
 
         """
-        weighted = any(self.settings[part] or self.settings[f"score_{part}"] for part in FEATURE_PARTS)
+        scoring = score_settings(self.settings)
+        weighted = any(self.settings[part] or scoring[part] for part in FEATURE_PARTS)
         if not is_tracing() and weighted and math.isnan(self.settings["mask_floor"]):
             msg = (
                 "This model learns its mask floor on validation (mask_floor_quantile > 0), and the prior it holds "
                 "was fitted without one: fit it again, or score it with mask_floor_quantile 0."
             )
             raise RuntimeError(msg)
-        parts = self.parts(result, weighted_only=True)
-        return weigh(parts, self.settings), weigh(parts, score_settings(self.settings))
+        return weigh_maps(self.parts(result, weighted_only=True), self.settings)
 
     @torch.no_grad()
     def calibrate(self, result: InversionResult) -> dict[str, float]:

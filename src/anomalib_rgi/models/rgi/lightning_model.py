@@ -39,7 +39,7 @@ from torchvision.transforms.v2 import Resize
 from anomalib_rgi.metrics import Dice, FalseAlarmRate, PerImageBestDice
 from anomalib_rgi.visualization import RgiVisualizer
 
-from .anomaly_map import FEATURE_PARTS, MapKind, describe_map, image_score, map_kind, score_settings, weigh
+from .anomaly_map import FEATURE_PARTS, MapKind, describe_map, image_score, map_kind, weigh_maps
 from .callbacks import (
     CollapseMonitor,
     DistributedFit,
@@ -392,11 +392,11 @@ class Rgi(RgiExportMixin, AnomalibModule):
             settings = anomaly_map.settings
             if math.isnan(settings["mask_floor"]):  # not learned yet: this validation learns it
                 settings = settings | {"mask_floor": 0.0}
-            maps, scores = weigh(parts, settings), image_score(weigh(parts, score_settings(settings)))
+            maps, score_maps = weigh_maps(parts, settings)
         self._validation_parts.append(
             ({name: part.cpu() for name, part in parts.items()}, batch.gt_mask, batch.gt_label)
         )
-        predictions = InferenceBatch(pred_score=scores, anomaly_map=maps)
+        predictions = InferenceBatch(pred_score=image_score(score_maps), anomaly_map=maps)
         return self._fill(batch, result, predictions)
 
     def on_validation_epoch_end(self) -> None:

@@ -22,7 +22,7 @@ from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics.functional.classification import binary_auroc
 
-from .anomaly_map import FEATURE_PARTS, MapSettings, describe_map, image_score, score_settings, weigh
+from .anomaly_map import MapSettings, describe_map, image_score, scored_as, weigh, weigh_maps
 
 PIXEL_AUROC_TOLERANCE = 0.01
 
@@ -61,10 +61,10 @@ def weighed_batch(
     gt_label: torch.Tensor | None = None,
 ) -> SimpleNamespace:
     """Anomalib's batch fields for kept parts at these settings: maps ``(N, H, W)``, scores and ground truth."""
-    parts = {name: part.to(device) for name, part in parts.items()}
-    anomaly_map = weigh(parts, settings).squeeze(1)
-    pred_score = image_score(weigh(parts, score_settings(settings)))
-    return SimpleNamespace(anomaly_map=anomaly_map, pred_score=pred_score, gt_mask=gt_mask, gt_label=gt_label)
+    anomaly_map, score_map = weigh_maps({name: part.to(device) for name, part in parts.items()}, settings)
+    return SimpleNamespace(
+        anomaly_map=anomaly_map.squeeze(1), pred_score=image_score(score_map), gt_mask=gt_mask, gt_label=gt_label
+    )
 
 
 def validation_dice(kept: list[KeptBatch], settings: MapSettings) -> float:
@@ -135,9 +135,7 @@ def choose_settings(
         return settings, None, {}
     if not candidates:
         return settings, validation_dice(kept, settings), {}
-    options = [
-        settings | weights | {f"score_{part}": weights[part] for part in FEATURE_PARTS} for weights in candidates
-    ]
+    options = [scored_as(settings | weights, weights) for weights in candidates]
     dice = [validation_dice(kept, option) for option in options]
     pixel_auroc = [validation_pixel_auroc(kept, option) for option in options]
     image_auroc = [validation_image_auroc(kept, option) for option in options]
@@ -145,8 +143,7 @@ def choose_settings(
     best = max(eligible, key=dice.__getitem__)
     chosen = options[best]
     if image_auroc[0] is not None:
-        scoring = options[max(range(len(options)), key=image_auroc.__getitem__)]
-        chosen = chosen | {f"score_{part}": scoring[part] for part in FEATURE_PARTS}
+        chosen = scored_as(chosen, options[max(range(len(options)), key=image_auroc.__getitem__)])
     report = {
         describe_map(option | {"mask_floor": 0.0}): {
             "Dice": dice[i],
