@@ -447,19 +447,38 @@ def test_the_pixel_map_is_the_best_dice_near_the_best_pixel_auroc_and_the_image_
     assert torch.allclose(batch.anomaly_map, weigh(kept[0][0], chosen).squeeze(1))
 
 
-def test_a_checkpoint_saved_before_image_score_weights_scores_with_its_pixel_maps_maximum():
-    # Settings buffers had 4 entries: feature distance, feature prior, mask floor, floor learned.
-    old = torch.tensor([0.5, 0.0, 0.04, 1.0], dtype=torch.float64)
+@pytest.mark.parametrize(
+    "old",
+    [
+        # feature distance, feature prior, mask floor, floor learned
+        [0.5, 0.0, 0.04, 1.0],
+        # the same, then the image score's weights of the two feature parts
+        [0.5, 0.0, 0.04, 0.5, 0.0, 1.0],
+    ],
+    ids=["before image-score weights", "before the coarse residual"],
+)
+def test_a_checkpoint_of_an_earlier_version_scores_as_it_did(old):
     own = AnomalyMap("best_on_validation", [0.5], learn_floor=True)
-    state = {"model.anomaly_map.saved_settings": old.clone()}
+    state = {"model.anomaly_map.saved_settings": torch.tensor(old, dtype=torch.float64)}
     own_state = {f"model.anomaly_map.{name}": value for name, value in own.state_dict().items()}
     stale = match_map_state(state, own_state, fixed_map=False, floor_learned=True)
     assert not stale  # the same map as the thresholds were learned for
     own.load_state_dict({k.removeprefix("model.anomaly_map."): v for k, v in state.items()}, strict=False)
     assert own.settings == {
+        "coarse_residual": 0.0,
         "feature_distance": 0.5,
         "feature_prior": 0.0,
         "mask_floor": pytest.approx(0.04),
+        "score_coarse_residual": 0.0,
         "score_feature_distance": 0.5,
         "score_feature_prior": 0.0,
     }
+    assert own.weighted_parts() == {"feature_distance"}  # the new part needs no calibration to score
+
+
+def test_a_settings_buffer_no_version_wrote_is_refused():
+    own = AnomalyMap("best_on_validation", [0.5], learn_floor=True)
+    state = {"model.anomaly_map.saved_settings": torch.zeros(5, dtype=torch.float64)}
+    own_state = {f"model.anomaly_map.{name}": value for name, value in own.state_dict().items()}
+    with pytest.raises(ValueError, match="5 entries"):
+        match_map_state(state, own_state, fixed_map=False, floor_learned=True)

@@ -4,7 +4,8 @@
 
 The cache (cache_inversions.py) holds both halves; the choice is the product's own
 (map_selection.choose_settings over the model's candidates). Prints the test figures of the chosen
-map, of the paper's mask map and of each candidate, overall and per defect kind.
+map, of the paper's mask map and of the GAN prior's own map (the same choice among the candidates
+without ImageNet parts), overall and per defect kind.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.metrics import best_dataset_dice, quality_per_defect
-from anomalib_rgi.models.rgi.anomaly_map import FEATURE_PARTS, describe_map, score_settings, weigh
+from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS, FEATURE_PARTS, describe_map, score_settings, weigh
 from anomalib_rgi.models.rgi.inversion import InversionResult
 from anomalib_rgi.models.rgi.map_selection import choose_settings
 
@@ -71,8 +72,11 @@ def main() -> None:
     print(f"chosen on validation: {describe_map(chosen)} (validation Dice {dice:.3f})")
     for name, row in report.items():
         print(f"  val {name}: " + " / ".join(f"{k} {v:.3f}" for k, v in row.items()))
-    mask_only = dict.fromkeys(FEATURE_PARTS, 0.0) | {"mask_floor": 0.0}
-    rows = {"chosen": chosen, "mask": mask_only}
+    own_candidates = [weights for weights in amap.candidates if not any(weights[part] for part in FEATURE_PARTS)]
+    own, own_dice, _ = choose_settings(kept, start, own_candidates, args.floor_quantile)
+    print(f"GAN prior's own map chosen on validation: {describe_map(own)} (validation Dice {own_dice:.3f})")
+    mask_only = dict.fromkeys(ADDED_PARTS, 0.0) | {"mask_floor": 0.0}
+    rows = {"chosen": chosen, "own": own, "mask": mask_only}
     kind_names = None
     print("test half; per kind image AUROC / pixel AUROC / best-thr. Dice")
     for label, settings in rows.items():

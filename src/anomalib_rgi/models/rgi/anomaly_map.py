@@ -1,29 +1,35 @@
-"""The pixel anomaly map: RGI's mask, optionally above a floor, plus at most one weighted ImageNet-feature part.
+"""The pixel anomaly map: RGI's mask, optionally above a floor, plus at most one weighted part beside it.
 
 The paper's map is the mask alone, ``mean_c |M|`` (smoothed here by a Gaussian of ``sigma`` pixels).
-Two parts read ImageNet features (:mod:`~anomalib_rgi.models.rgi.feature_parts`) and can be added to it:
+Three parts can be added to it, one at a time:
 
+- ``"mask+coarse_residual"``: plus the input's residual from the prior's image at the inversion's
+  starting latent, averaged over windows a quarter of the image wide (:class:`CoarseResidual`). The
+  GAN prior alone, no ImageNet features: it catches faint, spread-out defects (translucent stains,
+  discolouration, shading) whose pixels each stay below the mask's threshold ``lam / 2``.
 - ``"mask+feature_distance"``: plus the distance between the ImageNet features of the input and of
   the prior's image at the inversion's starting latent (not the final restoration: the steps, and
   R-RGI's fine-tuning above all, learn part of a defect);
 - ``"mask+feature_prior"``: plus the residual of a generative prior of normal ImageNet features;
-- ``"best_on_validation"``: each validation of the fit chooses among the three (and the candidate
+- ``"best_on_validation"``: each validation of the fit chooses among the four (and the candidate
   weights): the pixel map with the highest validation Dice among those whose pixel AUROC is within
   0.01 of the best, and, on its own, the map whose maximum scores images best (validation image AUROC).
+
+The ImageNet-feature parts are in :mod:`~anomalib_rgi.models.rgi.feature_parts`.
 
 The image score is a map's maximum. It may come from another weighing of the same parts than the
 pixel map: a part that ranks images well (the feature prior finds faint, spread-out defects) can be
 too coarse to outline them, where the mask outlines them sharply.
 
-Each feature part is brought to the mask map's units by a scale calibrated on defect-free images, so
+Each added part is brought to the mask map's units by a scale calibrated on defect-free images, so
 one weight means the same on every prior. The mask may count only above a floor learned on the good
-validation images: where a feature part carries the defects, the mask's level on normal texture is noise.
+validation images: where an added part carries the defects, the mask's level on normal texture is noise.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal, get_args
 
 import torch
@@ -34,13 +40,14 @@ from torch import nn
 from .feature_parts import FeatureDistance, FeaturePrior
 from .inversion import InversionResult, is_tracing
 
-MapKind = Literal["mask", "mask+feature_distance", "mask+feature_prior", "best_on_validation"]
+MapKind = Literal["mask", "mask+coarse_residual", "mask+feature_distance", "mask+feature_prior", "best_on_validation"]
 MAP_KINDS: tuple[str, ...] = get_args(MapKind)
-FEATURE_PARTS = ("feature_distance", "feature_prior")
-SCORE_OF = {part: f"score_{part}" for part in FEATURE_PARTS}  # the image score's weight of each part
+FEATURE_PARTS = ("feature_distance", "feature_prior")  # read ImageNet features
+ADDED_PARTS = ("coarse_residual", *FEATURE_PARTS)  # every part a map may add to the mask; ties: the first
+SCORE_OF = {part: f"score_{part}" for part in ADDED_PARTS}  # the image score's weight of each part
 SCORE_PARTS = tuple(SCORE_OF.values())
-SETTING_NAMES = (*FEATURE_PARTS, "mask_floor", *SCORE_PARTS)
-# {"feature_distance": weight, "feature_prior": weight, "mask_floor": level, "score_feature_distance": weight, ...}
+SETTING_NAMES = (*ADDED_PARTS, "mask_floor", *SCORE_PARTS)
+# {"feature_distance": weight, ..., "mask_floor": level, "score_feature_distance": weight, ...}
 MapSettings = dict[str, float]
 
 
@@ -51,30 +58,30 @@ def score_settings(settings: MapSettings) -> MapSettings:
 
 
 def scored_as(settings: MapSettings, weights: MapSettings) -> MapSettings:
-    """Return ``settings`` whose image score weighs the feature parts as ``weights`` does."""
-    return settings | {score: weights[part] for part, score in SCORE_OF.items()}
+    """Return ``settings`` whose image score weighs the added parts as ``weights`` does."""
+    return settings | {score: weights.get(part, 0.0) for part, score in SCORE_OF.items()}
 
 
 def map_kind(settings: MapSettings) -> str:
-    """Name the map that ``settings`` give (``"mask"`` when no feature part has a weight)."""
-    weighted = [part for part in FEATURE_PARTS if settings.get(part)]
+    """Name the map that ``settings`` give (``"mask"`` when no added part has a weight)."""
+    weighted = [part for part in ADDED_PARTS if settings.get(part)]
     return "+".join(["mask", *weighted])
 
 
 def describe_map(settings: MapSettings) -> str:
     """Name the anomaly map that ``settings`` give, as results tables show it.
 
-    ``"mask"`` is the paper's map; otherwise the weighted ImageNet-feature part and the mask floor follow.
+    ``"mask"`` is the paper's map; otherwise the weighted added part and the mask floor follow.
     """
     pixel = _describe_weights(settings)
     scoring = score_settings(settings)
-    if all(scoring[part] == settings.get(part, 0.0) for part in FEATURE_PARTS):
+    if all(scoring[part] == settings.get(part, 0.0) for part in ADDED_PARTS):
         return pixel
     return f"{pixel}; image score: {_describe_weights(scoring)}"
 
 
 def _describe_weights(settings: MapSettings) -> str:
-    weighted = [f"{part.replace('_', ' ')} x{settings[part]:g}" for part in FEATURE_PARTS if settings.get(part)]
+    weighted = [f"{part.replace('_', ' ')} x{settings[part]:g}" for part in ADDED_PARTS if settings.get(part)]
     if not weighted:
         return "mask"
     floor = settings.get("mask_floor", 0.0)
@@ -95,28 +102,58 @@ def weigh(parts: dict[str, torch.Tensor], settings: MapSettings) -> torch.Tensor
     """Return the anomaly map of :meth:`AnomalyMap.parts`' parts at these settings.
 
     ``max(mask - mask_floor, 0) + sum(weight * part)``; parts at weight 0 may be absent from ``parts``.
-    The floor applies only beside a feature part: alone, the mask's every level is the map's ordering.
+    The floor applies only beside an added part: alone, the mask's every level is the map's ordering.
     """
-    floor = settings.get("mask_floor", 0.0) if any(settings.get(part) for part in FEATURE_PARTS) else 0.0
+    floor = settings.get("mask_floor", 0.0) if any(settings.get(part) for part in ADDED_PARTS) else 0.0
     anomaly_map = (parts["mask"] - floor).clamp(min=0) if floor else parts["mask"]
-    for name in FEATURE_PARTS:
+    for name in ADDED_PARTS:
         if weight := settings.get(name, 0.0):
             anomaly_map = anomaly_map + weight * parts[name]
     return anomaly_map
 
 
+class CoarseResidual(nn.Module):
+    """Where the input departs from the prior's image at the starting latent, averaged over wide windows.
+
+    ``mean_c |window mean of (x - G(z_0))|``: a faint stain, tint or shading change is a residual
+    of one sign spread over many pixels, which the window mean adds up, while normal texture's
+    residual changes sign from grain to grain and averages away. Each channel is averaged on its own,
+    so a hue shift whose channels move in opposite directions still counts. The start ``G(z_0)``
+    (the encoder's reading of the input) rather than the restoration: the inversion's steps, and
+    R-RGI's fine-tuning above all, learn a smooth defect into ``G(z)``.
+
+    Args:
+        window (int): Side of the averaging window in pixels (odd).
+
+    """
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window = window
+        # Mask-map units per unit of residual (``AnomalyMap.calibrate``); NaN until calibrated.
+        self.register_buffer("scale", torch.tensor(float("nan")))
+
+    def forward(self, images: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Return the coarse residual of ``images`` from ``start`` (both in [-1, 1]), ``(N, 1, H, W)``."""
+        residual = images - start.clamp(-1, 1)
+        averaged = F.avg_pool2d(residual, self.window, stride=1, padding=self.window // 2, count_include_pad=False)
+        return averaged.abs().mean(dim=1, keepdim=True)
+
+
 class AnomalyMap(nn.Module):
-    """Compute the pixel anomaly map of an inversion, and prepare its feature parts.
+    """Compute the pixel anomaly map of an inversion, and prepare the parts added to the mask.
 
     Args:
         kind (MapKind): Which map (see the module docstring).
-        feature_weight (float | list[float]): Weight of the feature part in the mask map's units; a list
-            gives the candidates validation chooses from. Unused by ``"mask"``.
-        sigma (float): Gaussian smoothing of every part in pixels (0: none).
-        image_size (int): Side of the prior's images (the feature prior reads them at twice this).
+        feature_weight (float | list[float]): Weight of the added part (coarse residual or ImageNet
+            feature part) in the mask map's units; a list gives the candidates validation chooses from.
+            Unused by ``"mask"``.
+        sigma (float): Gaussian smoothing of the mask and the feature parts in pixels (0: none).
+        image_size (int): Side of the prior's images (the feature prior reads them at twice this; the
+            coarse residual's window is a quarter of it).
         image_channels (int): Channels of the images (the feature parts read 1 or 3).
         learn_floor (bool): The mask floor is learned on validation (until then it is NaN and scoring
-            refuses); otherwise it is 0. Ignored by ``"mask"``: the floor applies only beside a feature part.
+            refuses); otherwise it is 0. Ignored by ``"mask"``: the floor applies only beside an added part.
 
     Raises:
         ValueError: On an unknown kind, a negative or empty weight, or images the feature parts cannot read.
@@ -143,34 +180,33 @@ class AnomalyMap(nn.Module):
                 f"validation), got {feature_weight!r}."
             )
             raise ValueError(msg)
-        uses = {part: kind in {f"mask+{part}", "best_on_validation"} for part in FEATURE_PARTS}
-        if any(uses.values()) and image_channels not in {1, 3}:
+        uses = {part: kind in {f"mask+{part}", "best_on_validation"} for part in ADDED_PARTS}
+        if any(uses[part] for part in FEATURE_PARTS) and image_channels not in {1, 3}:
             msg = f"The ImageNet-feature parts read grey or RGB images, not {image_channels} channels: use map 'mask'."
             raise ValueError(msg)
         self.kind = kind
-        self.learn_floor = learn_floor and kind != "mask"  # the floor matters only beside a feature part
+        self.learn_floor = learn_floor and kind != "mask"  # the floor matters only beside an added part
         self.image_size = image_size
         self.blur = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else None
-        self.feature_distance = FeatureDistance() if any(uses.values()) else None  # the prior reads its embedding
+        self.coarse_residual = CoarseResidual(image_size // 4 | 1) if uses["coarse_residual"] else None
+        # The feature prior reads the feature distance's embedding.
+        self.feature_distance = FeatureDistance() if any(uses[part] for part in FEATURE_PARTS) else None
         self.feature_prior = None
         if uses["feature_prior"]:
             self.feature_prior = FeaturePrior(sum(self.feature_distance.features.feature_info.channels()))
         fixed = [part for part, used in uses.items() if used and kind != "best_on_validation"]
         if kind == "best_on_validation":
-            self.candidates = [dict.fromkeys(FEATURE_PARTS, 0.0)] + [
-                {other: weight if other == part else 0.0 for other in FEATURE_PARTS}
-                for part in FEATURE_PARTS
+            self.candidates = [dict.fromkeys(ADDED_PARTS, 0.0)] + [
+                {other: weight if other == part else 0.0 for other in ADDED_PARTS}
+                for part in ADDED_PARTS
                 for weight in weights
             ]
         elif fixed and len(weights) > 1:
-            self.candidates = [{part: weight if part in fixed else 0.0 for part in FEATURE_PARTS} for weight in weights]
+            self.candidates = [{part: weight if part in fixed else 0.0 for part in ADDED_PARTS} for weight in weights]
         else:
             self.candidates = []
-        start = (
-            self.candidates[0]
-            if self.candidates
-            else {part: weights[0] if part in fixed else 0.0 for part in FEATURE_PARTS}
-        )
+        fixed_weights = {part: weights[0] if part in fixed else 0.0 for part in ADDED_PARTS}
+        start = self.candidates[0] if self.candidates else fixed_weights
         floor = float("nan") if self.learn_floor else 0.0
         self.settings: MapSettings = scored_as({**start, "mask_floor": floor}, start)
         # The settings in the checkpoint: the chosen weights and learned floor travel with the weights.
@@ -218,9 +254,14 @@ class AnomalyMap(nn.Module):
         residual = self.feature_prior.residual(self.feature_distance.embed(images, 2 * self.image_size))
         return self._smooth(F.interpolate(residual, size=images.shape[-2:], mode="bilinear", align_corners=False))
 
-    def _feature_parts(self) -> dict[str, tuple[Callable[[InversionResult], torch.Tensor], torch.Tensor]]:
-        """Each built feature part: how it is computed and its scale buffer."""
+    def _coarse_part(self, result: InversionResult) -> torch.Tensor:
+        return self.coarse_residual(result.target, result.start)
+
+    def _added_parts(self) -> dict[str, tuple[Callable[[InversionResult], torch.Tensor], torch.Tensor]]:
+        """Each built added part: how it is computed and its scale buffer."""
         parts = {}
+        if self.coarse_residual is not None:
+            parts["coarse_residual"] = (self._coarse_part, self.coarse_residual.scale)
         if self.feature_distance is not None:
             parts["feature_distance"] = (self._distance_part, self.feature_distance.scale)
         if self.feature_prior is not None:
@@ -228,24 +269,24 @@ class AnomalyMap(nn.Module):
         return parts
 
     def scales(self) -> dict[str, torch.Tensor]:
-        """Each built feature part's scale buffer (mask-map units per unit of the part)."""
-        return {name: scale for name, (_, scale) in self._feature_parts().items()}
+        """Each built added part's scale buffer (mask-map units per unit of the part)."""
+        return {name: scale for name, (_, scale) in self._added_parts().items()}
 
     def parts(self, result: InversionResult, weighted_only: bool = False) -> dict[str, torch.Tensor]:
-        """Return the parts of the map, each ``(N, 1, H, W)``, the feature parts in the mask map's units.
+        """Return the parts of the map, each ``(N, 1, H, W)``, the added parts in the mask map's units.
 
         Args:
             result (InversionResult): An inversion.
-            weighted_only (bool): Leave out the feature parts that neither the pixel map nor the image
+            weighted_only (bool): Leave out the added parts that neither the pixel map nor the image
                 score weighs.
 
         Raises:
-            RuntimeError: If a feature part was never calibrated or the feature prior never fitted.
+            RuntimeError: If an added part was never calibrated or the feature prior never fitted.
 
         """
         parts = {"mask": self.mask_part(result)}
         scoring = score_settings(self.settings)
-        for name, (compute, scale) in self._feature_parts().items():
+        for name, (compute, scale) in self._added_parts().items():
             if weighted_only and not (self.settings[name] or scoring[name]):
                 continue
             part = compute(result)  # first: an unfitted feature prior says so
@@ -275,7 +316,7 @@ class AnomalyMap(nn.Module):
 
         """
         scoring = score_settings(self.settings)
-        weighted = any(self.settings[part] or scoring[part] for part in FEATURE_PARTS)
+        weighted = any(self.settings[part] or scoring[part] for part in ADDED_PARTS)
         if not is_tracing() and weighted and math.isnan(self.settings["mask_floor"]):
             msg = (
                 "This model learns its mask floor on validation (mask_floor_quantile > 0), and the prior it holds "
@@ -284,19 +325,31 @@ class AnomalyMap(nn.Module):
             raise RuntimeError(msg)
         return weigh_maps(self.parts(result, weighted_only=True), self.settings)
 
+    def weighted_parts(self) -> set[str]:
+        """Return the added parts the pixel map or the image score weighs at the current settings."""
+        scoring = score_settings(self.settings)
+        return {part for part in ADDED_PARTS if self.settings[part] or scoring[part]}
+
     @torch.no_grad()
-    def calibrate(self, result: InversionResult) -> dict[str, float]:
-        """Match each feature part's scale to the mask map's on an inversion of defect-free images.
+    def calibrate(self, result: InversionResult, names: Iterable[str] | None = None) -> dict[str, float]:
+        """Match the added parts' scales to the mask map's on an inversion of defect-free images.
 
         A scale is the ratio of the two maps' 99th percentiles.
 
+        Args:
+            result (InversionResult): An inversion of defect-free images.
+            names (Iterable[str] | None): The parts to calibrate (None: every built one).
+
         Returns:
-            dict[str, float]: The new scale of each feature part.
+            dict[str, float]: The new scale of each calibrated part.
 
         """
         mask_quantile = self.mask_part(result).flatten().quantile(0.99)
+        chosen = set(self.scales()) if names is None else set(names)
         scales = {}
-        for name, (compute, scale) in self._feature_parts().items():
+        for name, (compute, scale) in self._added_parts().items():
+            if name not in chosen:
+                continue
             scale.copy_(mask_quantile / compute(result).flatten().quantile(0.99).clamp_min(1e-6))
             scales[name] = float(scale)
         return scales

@@ -163,13 +163,13 @@ class EpochSelection(Callback):
 
 
 class FeaturePartsPreparation(Callback):
-    """Fit and calibrate the map's ImageNet-feature parts on the attached training images when they need it.
+    """Fit and calibrate the parts a map adds to the mask on the attached training images when they need it.
 
     A fit fits the feature prior when it starts. Scoring a prior with a map it was fitted without
     (``anomalib test --model.anomaly_map mask+feature_prior --ckpt_path <prior>``) fits and calibrates
-    the new part first, then learns the thresholds again on the validation images, as ``validate``
-    would: the checkpoint's were learned for another map. Scoring with another weight, or with the
-    mask alone, learns them again too.
+    the new part first (parts calibrated already keep their scales), then learns the thresholds again
+    on the validation images, as ``validate`` would: the checkpoint's were learned for another map.
+    Scoring with another weight, or with the mask alone, learns them again too.
 
     Args:
         feature_prior_steps (int): Adam steps that fit the feature prior.
@@ -230,9 +230,9 @@ class FeaturePartsPreparation(Callback):
             return False
         if (images := self._prior_images(trainer, pl_module)) is None:
             return False
-        pl_module.model.prepare_feature_parts(images, self.feature_prior_steps)
-        logger.info("Rgi: feature parts fitted and calibrated on %d training images.", len(images))
-        return True
+        weighed = pl_module.model.prepare_feature_parts(images, self.feature_prior_steps)
+        logger.info("Rgi: the map's added parts fitted and calibrated on %d training images.", len(images))
+        return weighed
 
     @staticmethod
     def _relearn_thresholds(trainer: Trainer, pl_module: Rgi) -> None:

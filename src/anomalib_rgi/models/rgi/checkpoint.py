@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from anomalib.utils.serialization import anomalib_safe_globals
 
-from .anomaly_map import FEATURE_PARTS, SETTING_NAMES
+from .anomaly_map import FEATURE_PARTS, SCORE_OF, SETTING_NAMES
 from .settings import PRIOR_DEFAULTS
 
 # The prior's architecture: a checkpoint's networks load only into a model built with the same values.
@@ -80,12 +80,30 @@ def read_checkpoint(path: str | Path, safe_globals: list) -> dict[str, Any]:
     return checkpoint
 
 
-def with_score_weights(saved: torch.Tensor) -> torch.Tensor:
-    """Return a map settings buffer with the image score's weights (before they were saved: the pixel map's)."""
-    floor = len(FEATURE_PARTS)
+# The map settings buffers of earlier versions, by length: the ImageNet-feature weights and the floor,
+# then (from the second) the image score's weights; the last entry of each marks a learned floor.
+FORMER_SETTINGS = {
+    len(FEATURE_PARTS) + 2: (*FEATURE_PARTS, "mask_floor"),
+    2 * len(FEATURE_PARTS) + 2: (*FEATURE_PARTS, "mask_floor", *(SCORE_OF[part] for part in FEATURE_PARTS)),
+}
+
+
+def current_settings_buffer(saved: torch.Tensor) -> torch.Tensor:
+    """Return a map settings buffer in this version's layout (:data:`~.anomaly_map.SETTING_NAMES`, learned).
+
+    Parts an earlier version did not have weigh 0; without saved image-score weights the image score
+    weighs the parts as the pixel map does (as those versions scored).
+    """
     if len(saved) == len(SETTING_NAMES) + 1:
         return saved.clone()
-    return torch.cat([saved[: floor + 1], saved[:floor], saved[floor + 1 :]])
+    names = FORMER_SETTINGS.get(len(saved))
+    if names is None:
+        msg = f"The checkpoint's map settings have {len(saved)} entries, which no version of anomalib-rgi wrote."
+        raise ValueError(msg)
+    values = dict(zip(names, saved[:-1].tolist(), strict=True))
+    for part, score in SCORE_OF.items():
+        values.setdefault(score, values.get(part, 0.0))
+    return torch.tensor([*(values.get(name, 0.0) for name in SETTING_NAMES), float(saved[-1])], dtype=saved.dtype)
 
 
 def match_map_state(
@@ -115,9 +133,9 @@ def match_map_state(
         del state[name]
     for name, value in own.items():
         state.setdefault(name, value)
-    saved = with_score_weights(state[f"{prefix}saved_settings"])  # weights, floor, score weights, learned
+    saved = current_settings_buffer(state[f"{prefix}saved_settings"])  # weights, floor, score weights, learned
     before = saved.clone()
-    floor = len(FEATURE_PARTS)
+    floor = SETTING_NAMES.index("mask_floor")
     if fixed_map:
         saved[:floor] = own[f"{prefix}saved_settings"][:floor]
         saved[floor + 1 : -1] = own[f"{prefix}saved_settings"][floor + 1 : -1]

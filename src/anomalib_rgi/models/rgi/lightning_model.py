@@ -3,7 +3,8 @@
 ``fit`` trains the GAN prior (generator, encoder, critic) on the normal training images with
 Lightning's manual optimisation; validation, test and predict score images by robust GAN inversion.
 The pixel anomaly map is named by ``anomaly_map``: the paper's mask ``|M|`` alone, or the mask plus
-one ImageNet-feature part, or whichever of these validation prefers (:mod:`.anomaly_map`). R-RGI is
+one added part (the start's coarse residual or an ImageNet-feature part), or whichever of these
+validation prefers (:mod:`.anomaly_map`). R-RGI is
 the same model with ``finetune_steps > 0``.
 
 Example:
@@ -39,7 +40,7 @@ from torchvision.transforms.v2 import Resize
 from anomalib_rgi.metrics import Dice, FalseAlarmRate, PerImageBestDice
 from anomalib_rgi.visualization import RgiVisualizer
 
-from .anomaly_map import FEATURE_PARTS, MapKind, describe_map, image_score, map_kind, weigh_maps
+from .anomaly_map import ADDED_PARTS, MapKind, describe_map, image_score, map_kind, weigh_maps
 from .callbacks import (
     CollapseMonitor,
     DistributedFit,
@@ -81,17 +82,21 @@ class Rgi(RgiExportMixin, AnomalibModule):
         finetune_steps (int): R-RGI: steps that also fine-tune a private copy of the generator per image
             (0: RGI).
         anomaly_map (MapKind): The pixel anomaly map. ``"mask"``: the paper's, ``|M|`` alone.
-            ``"mask+feature_distance"``: plus the distance between the ImageNet features (EfficientNet-Lite0,
-            shipped offline) of the input and of the prior's image at the inversion's start; it sees foreign
-            material that the prior restores as a blur. ``"mask+feature_prior"``: plus the residual of a
+            ``"mask+coarse_residual"``: plus the input's residual from the prior's image at the inversion's
+            start, averaged over windows a quarter of the image wide; it adds up faint, spread-out defects
+            (stains, tints, shading) that no single pixel of the mask sees. ``"mask+feature_distance"``: plus
+            the distance between the ImageNet features (EfficientNet-Lite0, shipped offline) of the input and
+            of the prior's image at the inversion's start; it sees foreign material that the prior restores
+            as a blur. ``"mask+feature_prior"``: plus the residual of a
             generative prior of normal ImageNet features, fitted when the fit starts. ``"best_on_validation"``:
-            each validation of the fit keeps the one of these three with the best validation Dice (needs
-            defect masks in the validation images).
-        feature_weight (float | list[float]): Weight of the feature part, in the mask map's units (the
+            each validation of the fit keeps the one of these four with the best validation Dice among those
+            within 0.01 of the best pixel AUROC, and the image score of the best image AUROC (needs defect
+            masks in the validation images).
+        feature_weight (float | list[float]): Weight of the added part, in the mask map's units (the
             part's scale is calibrated on training images). A list: candidates, the best-validating kept.
         mask_floor_quantile (float): Above 0: the mask counts only above its level on good parts, learned
             by each validation of the fit as this quantile of the mask on the defect-free validation
-            images. Where a feature part carries the defects, the mask's level on normal texture is noise.
+            images. Where an added part carries the defects, the mask's level on normal texture is noise.
         map_sigma (float): Gaussian smoothing of the map in pixels (0: none).
         select_epoch_every (int): 0: the prior is the last epoch's. N: validate every N epochs (N divides
             ``max_epochs``) and keep the epoch with the best validation Dice, weights, map settings and
@@ -168,13 +173,13 @@ class Rgi(RgiExportMixin, AnomalibModule):
         self.critic_loss = CriticLoss()
         self.automatic_optimization = False
         self._kept_validation: dict[str, Any] | None = None  # the final prior's epoch, validation Dice and map
-        self._calibration_images: torch.Tensor | None = None  # defect-free crops for the feature parts' scales
+        self._calibration_images: torch.Tensor | None = None  # defect-free crops for the added parts' scales
         self._validation_parts: list[KeptBatch] = []  # map parts of a fit's validation, to weigh and choose
         self._validation_score: float | None = None  # this validation's Dice (None: no defect masks)
         self.thresholds_stale = False  # loaded thresholds were learned for another map than this model's
 
     def configure_callbacks(self) -> list[Callback]:
-        """Anomalib's components and the feature parts' preparation; a fit adds :mod:`.callbacks`' others.
+        """Anomalib's components and the added parts' preparation; a fit adds :mod:`.callbacks`' others.
 
         And a checkpoint after EVERY epoch: validation runs only every ``select_epoch_every`` epochs,
         and a ``ModelCheckpoint`` without a monitor saves only then, so an interrupted run would leave
@@ -260,7 +265,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
     def record_kept_validation(self, epoch: int, score: float) -> None:
         """Record the kept epoch's validation Dice and map; the checkpoint carries it (:meth:`kept_validation`)."""
         settings = self.model.anomaly_map.settings
-        weight = max(settings[part] for part in FEATURE_PARTS)
+        weight = max(settings[part] for part in ADDED_PARTS)
         self._kept_validation = {
             "epoch": epoch,
             "val_pixel_F1Max": score,
@@ -349,7 +354,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
             raise PriorDivergedError(msg)
 
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Batch, batch_idx: int) -> None:
-        """After an epoch's last step, match the feature parts' scales to the prior it now has.
+        """After an epoch's last step, match the added parts' scales to the prior it now has.
 
         Validation and the epoch's checkpoint both come after this; every DDP process takes the mean.
         """

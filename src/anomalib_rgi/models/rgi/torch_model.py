@@ -7,6 +7,7 @@ predictions through :class:`~.anomaly_map.AnomalyMap`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -89,7 +90,7 @@ class RgiModel(nn.Module):
         latent_init (str): ``"encoder"`` or ``"pool"`` (best of ``pool_size`` random latents).
         pool_size (int): Size of the random latent pool for ``latent_init="pool"``.
         anomaly_map (MapKind): Which map scores the images (:class:`~.anomaly_map.AnomalyMap`).
-        feature_weight (float | list[float]): Weight (or candidate weights) of the map's feature part.
+        feature_weight (float | list[float]): Weight (or candidate weights) of the part the map adds to the mask.
         map_sigma (float): Gaussian smoothing of the map, in pixels (0: none).
         learn_mask_floor (bool): The mask floor is learned on validation (until then scoring refuses).
 
@@ -229,13 +230,15 @@ class RgiModel(nn.Module):
 
     @property
     def feature_parts_unprepared(self) -> bool:
-        """Whether the map has a feature part that is not fitted or not calibrated (a prior fitted without it)."""
+        """Whether the map has an added part that is not fitted or not calibrated (a prior fitted without it)."""
         prior = self.anomaly_map.feature_prior
         unfitted = prior is not None and not prior.fitted
         return unfitted or any(torch.isnan(scale) for scale in self.anomaly_map.scales().values())
 
     def prepare_feature_parts(self, images: torch.Tensor, feature_prior_steps: int = 1000) -> bool:
-        """Fit the feature prior if unfitted and calibrate the feature parts, on defect-free ``images``.
+        """Fit the feature prior if unfitted and calibrate the uncalibrated added parts, on defect-free ``images``.
+
+        Parts calibrated already keep their scales: the map they give, and its thresholds, stay as fitted.
 
         Args:
             images (torch.Tensor): Good images in [0, 1] (the feature prior is fitted on all, the
@@ -243,7 +246,8 @@ class RgiModel(nn.Module):
             feature_prior_steps (int): Adam steps that fit the feature prior.
 
         Returns:
-            bool: Whether anything was prepared (False when every part was ready).
+            bool: Whether a part the map weighs was prepared now (thresholds learned before then
+            predate it); False when every weighed part was ready.
 
         """
         if not self.feature_parts_unprepared:
@@ -251,27 +255,33 @@ class RgiModel(nn.Module):
         prior = self.anomaly_map.feature_prior
         if prior is not None and not prior.fitted:
             self.fit_feature_prior(images, feature_prior_steps)
-        self.calibrate_feature_scale(images[:32])
-        return True
+        unready = {name for name, scale in self.anomaly_map.scales().items() if torch.isnan(scale)}
+        self.calibrate_feature_scale(images[:32], unready)
+        return bool(unready & self.anomaly_map.weighted_parts())
 
     @torch.no_grad()
-    def calibrate_feature_scale(self, images: torch.Tensor) -> dict[str, float]:
-        """Match each feature part's scale to the mask map's on defect-free ``images`` (in [0, 1]).
+    def calibrate_feature_scale(self, images: torch.Tensor, names: Iterable[str] | None = None) -> dict[str, float]:
+        """Match the added parts' scales to the mask map's on defect-free ``images`` (in [0, 1]).
 
         Both maps come from the encoder's start with the closed-form mask (milliseconds per image):
         for R-RGI's maps this scale measured as well as one from R-RGI itself.
 
+        Args:
+            images (torch.Tensor): Good images in [0, 1].
+            names (Iterable[str] | None): The parts to calibrate (None: every built one).
+
         Returns:
-            dict[str, float]: The new scale of each feature part.
+            dict[str, float]: The new scale of each calibrated part.
 
         Raises:
-            RuntimeError: If the map has no feature part.
+            RuntimeError: If the map has no added part.
 
         """
         if not self.anomaly_map.scales():
-            msg = "This model's anomaly map has no feature part to calibrate (anomaly_map is 'mask')."
+            msg = "This model's anomaly map has no part beside the mask to calibrate (anomaly_map is 'mask')."
             raise RuntimeError(msg)
-        return self.anomaly_map.calibrate(self.invert(images, steps=0, mask_solver="closed_form", finetune_steps=0))
+        result = self.invert(images, steps=0, mask_solver="closed_form", finetune_steps=0)
+        return self.anomaly_map.calibrate(result, names)
 
     def predictions(self, result: InversionResult) -> InferenceBatch:
         """Anomalib's predictions from an inversion: ``anomaly_map`` (stitched) and ``pred_score``.

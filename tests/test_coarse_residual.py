@@ -1,0 +1,89 @@
+"""The coarse residual: the GAN prior's own part for faint, spread-out defects beside the mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anomalib_rgi import Rgi
+from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS, AnomalyMap, CoarseResidual
+from anomalib_rgi.models.rgi.torch_model import RgiModel
+
+from .conftest import TINY_PRIOR, fit_tiny, maps_in_openvino_and_torch
+
+COARSE = {"anomaly_map": "mask+coarse_residual", "feature_weight": 0.5}
+
+
+def _grain(generator: torch.Generator, size: int = 64) -> torch.Tensor:
+    """Zero-mean grain of +-0.2, as a prior's residual on normal texture."""
+    return 0.2 * (2 * torch.randint(0, 2, (1, 1, size, size), generator=generator) - 1).float().expand(1, 3, -1, -1)
+
+
+def test_the_coarse_residual_adds_up_a_faint_stain_no_pixel_of_the_mask_sees():
+    generator = torch.Generator().manual_seed(0)
+    start = torch.zeros(1, 3, 64, 64)
+    stained = start + _grain(generator)
+    stained[..., 16:48, 16:48] += 0.08  # each pixel's change is below the grain's
+    part = CoarseResidual(window=17)(stained, start)[0, 0]
+    assert part[24:40, 24:40].mean() > 3 * part[:8, :8].mean()
+
+
+def test_a_hue_shift_counts_though_its_channels_cancel():
+    start = torch.zeros(1, 3, 64, 64)
+    shifted = start.clone()
+    shifted[:, 0, 16:48, 16:48] += 0.15
+    shifted[:, 2, 16:48, 16:48] -= 0.15
+    assert (shifted - start).mean(dim=1).abs().max() == 0  # a grey reading sees nothing
+    part = CoarseResidual(window=9)(shifted, start)[0, 0]
+    assert part[28:36, 28:36].mean() == pytest.approx(0.1, abs=1e-5)
+    assert part[:4, :4].max() == 0
+
+
+def test_validation_chooses_among_the_coarse_residual_first_then_the_feature_parts():
+    candidates = AnomalyMap("best_on_validation", [0.5, 2.0], image_size=32).candidates
+    assert candidates[0] == dict.fromkeys(ADDED_PARTS, 0.0)  # the mask alone
+    assert [next(part for part, weight in c.items() if weight) for c in candidates[1:]] == [
+        part for part in ADDED_PARTS for _ in (0.5, 2.0)
+    ]
+    assert ADDED_PARTS[0] == "coarse_residual"  # ties go to the GAN prior's own part
+
+
+def test_preparing_a_part_the_map_does_not_weigh_keeps_the_others_and_their_thresholds():
+    torch.manual_seed(0)
+    rgi = RgiModel(image_size=32, anomaly_map="best_on_validation", feature_weight=[0.5], **TINY_PRIOR)
+    images = torch.rand(4, 3, 32, 32)
+    # A prior fitted before the coarse residual existed: its feature parts ready, the new part's scale NaN.
+    rgi.fit_feature_prior(images, steps=5)
+    rgi.calibrate_feature_scale(images, ["feature_distance", "feature_prior"])
+    rgi.anomaly_map.set_settings(dict.fromkeys(ADDED_PARTS, 0.0) | {"feature_distance": 0.5, "mask_floor": 0.0})
+    distance_scale = float(rgi.anomaly_map.feature_distance.scale)
+    assert torch.isnan(rgi.anomaly_map.coarse_residual.scale)
+    assert rgi.prepare_feature_parts(images, feature_prior_steps=5) is False  # its thresholds still hold
+    assert float(rgi.anomaly_map.feature_distance.scale) == distance_scale
+    assert float(rgi.anomaly_map.coarse_residual.scale) > 0
+    # Weighed by the map, a newly prepared part makes the thresholds stale.
+    rgi.anomaly_map.coarse_residual.scale.fill_(float("nan"))
+    rgi.anomaly_map.set_settings(rgi.anomaly_map.settings | {"coarse_residual": 0.5, "feature_distance": 0.0})
+    assert rgi.prepare_feature_parts(images, feature_prior_steps=5) is True
+
+
+@pytest.fixture(scope="module")
+def fitted_with_coarse_residual(tiny_data_root, tmp_path_factory):
+    return fit_tiny(tiny_data_root, tmp_path_factory.mktemp("coarse"), **COARSE)
+
+
+def test_fit_calibrates_the_coarse_residual_and_the_checkpoint_keeps_it(fitted_with_coarse_residual):
+    engine, model, _ = fitted_with_coarse_residual
+    scale = float(model.model.anomaly_map.coarse_residual.scale)
+    assert np.isfinite(scale)
+    assert scale > 0
+    assert model.model.anomaly_map.feature_distance is None  # no ImageNet network in this map
+    loaded = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path, weights_only=True)
+    assert float(loaded.model.anomaly_map.coarse_residual.scale) == pytest.approx(scale)
+
+
+def test_the_coarse_residual_map_exports_and_matches_torch(fitted_with_coarse_residual, tmp_path):
+    _, model, _ = fitted_with_coarse_residual
+    exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path)
+    np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)
