@@ -14,7 +14,7 @@ from anomalib.metrics import AUROC, Evaluator, F1Max
 from anomalib_rgi import Rgi
 from anomalib_rgi.data import RgiTextures
 from anomalib_rgi.data.textures import load_photograph
-from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS, AnomalyMap, weigh
+from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS, AnomalyMap, map_kind, weigh
 from anomalib_rgi.models.rgi.checkpoint import match_map_state
 from anomalib_rgi.models.rgi.feature_parts import FeatureDistance, FeaturePrior
 from anomalib_rgi.models.rgi.map_selection import (
@@ -273,7 +273,7 @@ def test_validation_chooses_the_map_and_learns_its_thresholds(tiny_data_root, tm
     chosen = model.model.anomaly_map.settings
     checkpoint = engine.trainer.checkpoint_callback.best_model_path
     kept = Rgi.kept_validation(checkpoint)
-    assert kept["anomaly_map"] in {"mask", "mask+coarse_residual", "mask+feature_distance", "mask+feature_prior"}
+    assert kept["anomaly_map"] == map_kind(chosen)
     assert kept["feature_weight"] == max(chosen[part] for part in ADDED_PARTS)
     # The choice travels in the checkpoint, whichever way it is loaded (the CLI builds from the config first).
     assert Rgi.load_from_checkpoint(checkpoint).model.anomaly_map.settings == chosen
@@ -298,7 +298,8 @@ def test_validation_chooses_the_map_and_learns_its_thresholds(tiny_data_root, tm
         ]
         if option.items() <= chosen.items():
             threshold = float(loaded.post_processor.pixel_threshold)
-    assert len(rows) == 1 + len(ADDED_PARTS) * len(weights)  # the mask alone, and each part at each weight
+    # The mask with or without the coarse residual, beside no feature part or one, at each weight.
+    assert len(rows) == (1 + len(weights)) * (1 + 2 * len(weights))
     assert len({dice for dice, _, _ in rows.values()}) > 1  # the options can be told apart
     best_pixel_auroc = max(pixel_auroc for _, pixel_auroc, _ in rows.values())
     eligible = [

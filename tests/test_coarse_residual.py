@@ -40,13 +40,15 @@ def test_a_hue_shift_counts_though_its_channels_cancel():
     assert part[:4, :4].max() == 0
 
 
-def test_validation_chooses_among_the_coarse_residual_first_then_the_feature_parts():
-    candidates = AnomalyMap("best_on_validation", [0.5, 2.0], image_size=32).candidates
-    assert candidates[0] == dict.fromkeys(ADDED_PARTS, 0.0)  # the mask alone
-    assert [next(part for part, weight in c.items() if weight) for c in candidates[1:]] == [
-        part for part in ADDED_PARTS for _ in (0.5, 2.0)
-    ]
-    assert ADDED_PARTS[0] == "coarse_residual"  # ties go to the GAN prior's own part
+def test_validation_chooses_among_the_mask_with_or_without_the_coarse_residual_beside_each_feature_part():
+    weights = [0.5, 2.0]
+    candidates = AnomalyMap("best_on_validation", weights, image_size=32).candidates
+    assert candidates[0] == dict.fromkeys(ADDED_PARTS, 0.0)  # the mask alone first: ties go to it
+    assert candidates[1:3] == [dict.fromkeys(ADDED_PARTS, 0.0) | {"coarse_residual": w} for w in weights]
+    combinations = {tuple(candidate[part] for part in ADDED_PARTS) for candidate in candidates}
+    assert len(combinations) == len(candidates) == 3 * (1 + 2 * len(weights))
+    assert all(not (candidate["feature_distance"] and candidate["feature_prior"]) for candidate in candidates)
+    assert (2.0, 0.0, 0.5) in combinations  # the coarse residual beside the feature prior
 
 
 def test_preparing_a_part_the_map_does_not_weigh_keeps_the_others_and_their_thresholds():

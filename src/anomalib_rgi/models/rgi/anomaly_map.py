@@ -1,7 +1,7 @@
-"""The pixel anomaly map: RGI's mask, optionally above a floor, plus at most one weighted part beside it.
+"""The pixel anomaly map: RGI's mask, optionally above a floor, plus weighted parts beside it.
 
 The paper's map is the mask alone, ``mean_c |M|`` (smoothed here by a Gaussian of ``sigma`` pixels).
-Three parts can be added to it, one at a time:
+Three parts can be added to it:
 
 - ``"mask+coarse_residual"``: plus the input's residual from the prior's image at the inversion's
   starting latent, averaged over windows a quarter of the image wide (:class:`CoarseResidual`). The
@@ -11,9 +11,12 @@ Three parts can be added to it, one at a time:
   the prior's image at the inversion's starting latent (not the final restoration: the steps, and
   R-RGI's fine-tuning above all, learn part of a defect);
 - ``"mask+feature_prior"``: plus the residual of a generative prior of normal ImageNet features;
-- ``"best_on_validation"``: each validation of the fit chooses among the four (and the candidate
-  weights): the pixel map with the highest validation Dice among those whose pixel AUROC is within
-  0.01 of the best, and, on its own, the map whose maximum scores images best (validation image AUROC).
+- ``"best_on_validation"``: each validation of the fit chooses among the mask alone or with the
+  coarse residual, each beside no ImageNet-feature part or one, at every candidate weight: the pixel
+  map with the highest validation Dice among those whose pixel AUROC is within 0.01 of the best, and,
+  on its own, the map whose maximum scores images best (validation image AUROC). The two kinds of
+  part see different defects: the coarse residual faint, spread-out changes of a part the prior
+  models, the feature parts foreign material and textures it does not.
 
 The ImageNet-feature parts are in :mod:`~anomalib_rgi.models.rgi.feature_parts`.
 
@@ -196,10 +199,13 @@ class AnomalyMap(nn.Module):
             self.feature_prior = FeaturePrior(sum(self.feature_distance.features.feature_info.channels()))
         fixed = [part for part, used in uses.items() if used and kind != "best_on_validation"]
         if kind == "best_on_validation":
-            self.candidates = [dict.fromkeys(ADDED_PARTS, 0.0)] + [
-                {other: weight if other == part else 0.0 for other in ADDED_PARTS}
-                for part in ADDED_PARTS
+            features = [dict.fromkeys(FEATURE_PARTS, 0.0)] + [
+                {other: weight if other == part else 0.0 for other in FEATURE_PARTS}
+                for part in FEATURE_PARTS
                 for weight in weights
+            ]
+            self.candidates = [
+                {"coarse_residual": coarse} | feature for feature in features for coarse in [0.0, *weights]
             ]
         elif fixed and len(weights) > 1:
             self.candidates = [{part: weight if part in fixed else 0.0 for part in ADDED_PARTS} for weight in weights]
