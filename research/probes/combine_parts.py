@@ -13,12 +13,11 @@ import argparse
 import itertools
 
 import torch
+from select_map import figures, parts_of
 
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS
 from anomalib_rgi.models.rgi.map_selection import good_mask_level
-
-from select_map import figures, parts_of  # noqa: I001 (a sibling probe)
 
 
 def main() -> None:
@@ -48,7 +47,9 @@ def main() -> None:
         settings["mask_floor"] = floor
         rows = [figures(parts, settings, cache[half]) for parts, half in ((val, "val"), (test, "test"))]
         kinds = kinds or sorted(rows[1]["kinds"])
-        cells = " | ".join(f"{row['pixel_AUROC']:.3f} / {row['Dice_best']:.3f} / {row['image_AUROC']:.3f}" for row in rows)
+        cells = " | ".join(
+            f"{row['pixel_AUROC']:.3f} / {row['Dice_best']:.3f} / {row['image_AUROC']:.3f}" for row in rows
+        )
         per_kind = " ".join(f"{kind}:{rows[1]['kinds'][kind]['image_AUROC']:.2f}" for kind in kinds)
         print(f"| coarse x{coarse:g} + prior x{prior:g} | {cells} | {per_kind}", flush=True)
 
