@@ -13,9 +13,8 @@ import argparse
 import itertools
 
 import torch
-from select_map import figures, parts_of
+from select_map import figures, parts_of, prepared_model
 
-from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS
 from anomalib_rgi.models.rgi.map_selection import good_mask_level
 
@@ -31,13 +30,7 @@ def main() -> None:
     parser.add_argument("--prior", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
     args = parser.parse_args()
     cache = torch.load(args.cache, weights_only=False)
-    model = Rgi.load_from_checkpoint(args.checkpoint, map_location="cpu", anomaly_map="best_on_validation").eval()
-    if model.model.feature_parts_unprepared:
-        data = RgiTextures(root=args.data_root, category=args.category, version=2)
-        data.prepare_data()
-        data.setup()
-        good = torch.cat([batch.image for batch in data.train_dataloader()])
-        model.model.prepare_feature_parts(good, model.prior_settings["feature_prior_steps"])
+    model = prepared_model(args.checkpoint, args.data_root, args.category)
     val, test = parts_of(model, cache["val"]), parts_of(model, cache["test"])
     floor = good_mask_level([(val, cache["val"]["gt"], cache["val"]["label"])], args.floor_quantile)
     print(f"floor {floor:.4f}; columns: half pixel AUROC / best Dice / image AUROC")

@@ -33,6 +33,18 @@ def parts_of(model: Rgi, data: dict) -> dict[str, torch.Tensor]:
     return {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}
 
 
+def prepared_model(checkpoint: str, data_root: str, category: str) -> Rgi:
+    """The prior as a ``best_on_validation`` model, parts it was fitted without prepared as scoring would."""
+    model = Rgi.load_from_checkpoint(checkpoint, map_location="cpu", anomaly_map="best_on_validation").eval()
+    if model.model.feature_parts_unprepared:
+        data = RgiTextures(root=data_root, category=category, version=2)
+        data.prepare_data()
+        data.setup()
+        good = torch.cat([batch.image for batch in data.train_dataloader()])
+        model.model.prepare_feature_parts(good, model.prior_settings["feature_prior_steps"])
+    return model
+
+
 def figures(parts: dict, settings: dict, data: dict) -> dict:
     maps = weigh(parts, settings)[:, 0].numpy()
     scores = weigh(parts, score_settings(settings))[:, 0].flatten(1).amax(1).numpy()
@@ -57,14 +69,8 @@ def main() -> None:
     parser.add_argument("--category", default="brick")
     args = parser.parse_args()
     cache = torch.load(args.cache, weights_only=False)
-    model = Rgi.load_from_checkpoint(args.checkpoint, map_location="cpu", anomaly_map="best_on_validation").eval()
+    model = prepared_model(args.checkpoint, args.data_root, args.category)
     amap = model.model.anomaly_map
-    if model.model.feature_parts_unprepared:  # a prior fitted with another map: prepare as a fit would
-        data = RgiTextures(root=args.data_root, category=args.category, version=2)
-        data.prepare_data()
-        data.setup()
-        good = torch.cat([batch.image for batch in data.train_dataloader()])
-        model.model.prepare_feature_parts(good, model.prior_settings["feature_prior_steps"])
     val, test = parts_of(model, cache["val"]), parts_of(model, cache["test"])
     kept = [(val, cache["val"]["gt"], cache["val"]["label"])]
     start = dict(amap.settings) | {"mask_floor": 0.0}
