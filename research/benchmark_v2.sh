@@ -6,7 +6,7 @@
 #   bash research/benchmark_v2.sh [DATA_ROOT] [OUT] [CATEGORY ...]
 #
 # CPU time on 2 cores, per category: R-RGI fit ~35 min, each R-RGI scoring of val + test ~10 min,
-# PatchCore ~40 min, PaDiM ~2 min. A category whose checkpoint or peer run exists is not redone.
+# PatchCore ~40-100 min, PaDiM ~2 min. A finished fit or run (its checkpoint, its table) is not redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${1:-datasets/rgi_textures}
@@ -24,14 +24,14 @@ for category in "${categories[@]}"; do
       > "$out/fit-$category.log" 2>&1
   fi
   for map in shipped mask; do
-    [ -d "$out/rrgi-$map-$category" ] && continue
+    compgen -G "$out/rrgi-$map-$category/*/table.md" > /dev/null && continue  # finished runs only
     extra=()
     [ "$map" = mask ] && extra=(--rgi anomaly_map=mask)
     $python scripts/compare_peers.py --models rgi --data-version 2 --data-root "$root" --categories "$category" \
       --prior "$category=$ckpt" --variants R-RGI "${extra[@]}" --out "$out/rrgi-$map-$category"
   done
   for peer in padim patchcore; do
-    [ -d "$out/$peer-$category" ] && continue
+    compgen -G "$out/$peer-$category/*/table.md" > /dev/null && continue
     $python scripts/compare_peers.py --models "$peer" --data-version 2 --data-root "$root" \
       --categories "$category" --out "$out/$peer-$category"
   done
