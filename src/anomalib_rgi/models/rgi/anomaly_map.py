@@ -291,9 +291,9 @@ class AnomalyMap(nn.Module):
 
         """
         parts = {"mask": self.mask_part(result)}
-        scoring = score_settings(self.settings)
+        weighted = self.weighted_parts()
         for name, (compute, scale) in self._added_parts().items():
-            if weighted_only and not (self.settings[name] or scoring[name]):
+            if weighted_only and name not in weighted:
                 continue
             part = compute(result)  # first: an unfitted feature prior says so
             if not is_tracing() and torch.isnan(scale):
@@ -321,9 +321,7 @@ class AnomalyMap(nn.Module):
             RuntimeError: If the mask floor is to be learned and was not (the prior was fitted without it).
 
         """
-        scoring = score_settings(self.settings)
-        weighted = any(self.settings[part] or scoring[part] for part in ADDED_PARTS)
-        if not is_tracing() and weighted and math.isnan(self.settings["mask_floor"]):
+        if not is_tracing() and self.weighted_parts() and math.isnan(self.settings["mask_floor"]):
             msg = (
                 "This model learns its mask floor on validation (mask_floor_quantile > 0), and the prior it holds "
                 "was fitted without one: fit it again, or score it with mask_floor_quantile 0."
