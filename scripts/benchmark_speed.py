@@ -53,7 +53,7 @@ def measure(method: str, args: dict) -> dict:
     model = Rgi.load_from_checkpoint(args["checkpoint"], **args["map"]).eval()
     model.model.inversion.update(args["settings"])
     # As Rgi prepares a map the prior was fitted without; a prepared checkpoint keeps its parts.
-    if model.model.feature_parts_unprepared:
+    if model.model.unprepared_parts:
         good = load_images(train_image_paths(args["data_root"], args["category"], limit=512), model.model.input_size)
         model.model.prepare_feature_parts(good, model.prior_settings["feature_prior_steps"])
     steps = model.model.inversion["steps"]

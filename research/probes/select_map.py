@@ -36,7 +36,7 @@ def parts_of(model: Rgi, data: dict) -> dict[str, torch.Tensor]:
 def prepared_model(checkpoint: str, data_root: str, category: str) -> Rgi:
     """The prior as a ``best_on_validation`` model, parts it was fitted without prepared as scoring would."""
     model = Rgi.load_from_checkpoint(checkpoint, map_location="cpu", anomaly_map="best_on_validation").eval()
-    if model.model.feature_parts_unprepared:
+    if model.model.unprepared_parts:
         data = RgiTextures(root=data_root, category=category, version=2)
         data.prepare_data()
         data.setup()

@@ -143,6 +143,24 @@ class CoarseResidual(nn.Module):
         return averaged.abs().mean(dim=1, keepdim=True)
 
 
+def _weight_options(kind: MapKind, weights: list[float]) -> list[dict[str, float]]:
+    """Return the added parts' weights a map of ``kind`` may take; validation chooses when there are several.
+
+    ``best_on_validation`` offers the mask with or without the coarse residual (each weight), each beside
+    no ImageNet-feature part or one of them (each weight).
+    """
+    if kind == "best_on_validation":
+        features = [dict.fromkeys(FEATURE_PARTS, 0.0)] + [
+            {other: weight if other == part else 0.0 for other in FEATURE_PARTS}
+            for part in FEATURE_PARTS
+            for weight in weights
+        ]
+        return [{"coarse_residual": coarse} | feature for feature in features for coarse in [0.0, *weights]]
+    if kind == "mask":
+        return [dict.fromkeys(ADDED_PARTS, 0.0)]
+    return [{part: weight if kind == f"mask+{part}" else 0.0 for part in ADDED_PARTS} for weight in weights]
+
+
 class AnomalyMap(nn.Module):
     """Compute the pixel anomaly map of an inversion, and prepare the parts added to the mask.
 
@@ -197,22 +215,9 @@ class AnomalyMap(nn.Module):
         self.feature_prior = None
         if uses["feature_prior"]:
             self.feature_prior = FeaturePrior(sum(self.feature_distance.features.feature_info.channels()))
-        fixed = [part for part, used in uses.items() if used and kind != "best_on_validation"]
-        if kind == "best_on_validation":
-            features = [dict.fromkeys(FEATURE_PARTS, 0.0)] + [
-                {other: weight if other == part else 0.0 for other in FEATURE_PARTS}
-                for part in FEATURE_PARTS
-                for weight in weights
-            ]
-            self.candidates = [
-                {"coarse_residual": coarse} | feature for feature in features for coarse in [0.0, *weights]
-            ]
-        elif fixed and len(weights) > 1:
-            self.candidates = [{part: weight if part in fixed else 0.0 for part in ADDED_PARTS} for weight in weights]
-        else:
-            self.candidates = []
-        fixed_weights = {part: weights[0] if part in fixed else 0.0 for part in ADDED_PARTS}
-        start = self.candidates[0] if self.candidates else fixed_weights
+        options = _weight_options(kind, weights)
+        self.candidates = options if len(options) > 1 else []  # empty: the map is fixed
+        start = options[0]
         floor = float("nan") if self.learn_floor else 0.0
         self.settings: MapSettings = scored_as({**start, "mask_floor": floor}, start)
         # The settings in the checkpoint: the chosen weights and learned floor travel with the weights.

@@ -226,7 +226,7 @@ class FeaturePartsPreparation(Callback):
 
     def _prepare(self, trainer: Trainer, pl_module: Rgi) -> bool:
         """Whether a part was prepared now (the checkpoint's thresholds then predate it)."""
-        if not pl_module.model.feature_parts_unprepared:
+        if not pl_module.model.unprepared_parts:
             return False
         if (images := self._prior_images(trainer, pl_module)) is None:
             return False

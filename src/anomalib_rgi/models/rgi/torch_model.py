@@ -229,14 +229,16 @@ class RgiModel(nn.Module):
         anomaly_map.feature_prior.fit(embeddings, steps)
 
     @property
-    def feature_parts_unprepared(self) -> bool:
-        """Whether the map has an added part that is not fitted or not calibrated (a prior fitted without it)."""
+    def unprepared_parts(self) -> set[str]:
+        """The added parts not ready to score: uncalibrated, or the feature prior unfitted."""
+        unready = {name for name, scale in self.anomaly_map.scales().items() if torch.isnan(scale)}
         prior = self.anomaly_map.feature_prior
-        unfitted = prior is not None and not prior.fitted
-        return unfitted or any(torch.isnan(scale) for scale in self.anomaly_map.scales().values())
+        if prior is not None and not prior.fitted:
+            unready.add("feature_prior")  # its scale, if any, belongs to the weights it is about to replace
+        return unready
 
     def prepare_feature_parts(self, images: torch.Tensor, feature_prior_steps: int = 1000) -> bool:
-        """Fit the feature prior if unfitted and calibrate the uncalibrated added parts, on defect-free ``images``.
+        """Fit the feature prior if unfitted and calibrate the unprepared added parts, on defect-free ``images``.
 
         Parts calibrated already keep their scales: the map they give, and its thresholds, stay as fitted.
 
@@ -250,12 +252,12 @@ class RgiModel(nn.Module):
             predate it); False when every weighed part was ready.
 
         """
-        if not self.feature_parts_unprepared:
+        unready = self.unprepared_parts
+        if not unready:
             return False
         prior = self.anomaly_map.feature_prior
         if prior is not None and not prior.fitted:
             self.fit_feature_prior(images, feature_prior_steps)
-        unready = {name for name, scale in self.anomaly_map.scales().items() if torch.isnan(scale)}
         self.calibrate_feature_scale(images[:32], unready)
         return bool(unready & self.anomaly_map.weighted_parts())
 
