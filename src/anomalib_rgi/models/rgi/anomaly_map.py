@@ -201,7 +201,8 @@ class AnomalyMap(nn.Module):
                 f"validation), got {feature_weight!r}."
             )
             raise ValueError(msg)
-        uses = {part: kind in {f"mask+{part}", "best_on_validation"} for part in ADDED_PARTS}
+        options = _weight_options(kind, weights)
+        uses = {part: any(option[part] for option in options) for part in ADDED_PARTS}  # the parts to build
         if any(uses[part] for part in FEATURE_PARTS) and image_channels not in {1, 3}:
             msg = f"The ImageNet-feature parts read grey or RGB images, not {image_channels} channels: use map 'mask'."
             raise ValueError(msg)
@@ -215,7 +216,6 @@ class AnomalyMap(nn.Module):
         self.feature_prior = None
         if uses["feature_prior"]:
             self.feature_prior = FeaturePrior(sum(self.feature_distance.features.feature_info.channels()))
-        options = _weight_options(kind, weights)
         self.candidates = options if len(options) > 1 else []  # empty: the map is fixed
         start = options[0]
         floor = float("nan") if self.learn_floor else 0.0
