@@ -40,6 +40,35 @@ def test_a_hue_shift_counts_though_its_channels_cancel():
     assert part[:4, :4].max() == 0
 
 
+def test_a_start_off_in_colour_everywhere_does_not_hide_a_defect_that_moves_a_channel_back():
+    generator = torch.Generator().manual_seed(0)
+    # The prior's start reads every image 0.2 too low in red: its residual on normal texture is +0.2.
+    good = _grain(generator).repeat(4, 1, 1, 1)
+    good_start = good.clone()
+    good_start[:, 0] -= 0.2
+    defective, start = good[:1].clone(), good_start[:1]
+    defective[:, 0, 16:48, 16:48] -= 0.2  # a tint that takes the red back: the residual there is 0
+    part = CoarseResidual(window=9, channels=3)
+    uncentred = part(defective, start)[0, 0]
+    assert uncentred[28:36, 28:36].mean() < uncentred[:4, :4].mean()  # ranked below normal texture
+    part.fit_normal(good, good_start)
+    assert part.centre[0, :, 0, 0].tolist() == pytest.approx([0.2, 0.0, 0.0], abs=1e-2)
+    centred = part(defective, start)[0, 0]
+    assert centred[28:36, 28:36].mean() > 5 * centred[:4, :4].mean()
+
+
+def test_calibration_centres_the_coarse_residual_on_the_good_images():
+    torch.manual_seed(0)
+    rgi = RgiModel(image_size=32, anomaly_map="mask+coarse_residual", feature_weight=0.5, **TINY_PRIOR)
+    coarse = rgi.anomaly_map.coarse_residual
+    assert torch.equal(coarse.centre, torch.zeros(1, 3, 1, 1))  # unfitted: as priors calibrated before it scored
+    assert torch.equal(coarse.spread, torch.ones(1, 3, 1, 1))
+    rgi.calibrate_feature_scale(torch.rand(4, 3, 32, 32))
+    assert not torch.equal(coarse.centre, torch.zeros(1, 3, 1, 1))
+    assert (coarse.spread > 0).all()
+    assert float(coarse.scale) > 0
+
+
 def test_validation_chooses_among_the_mask_with_or_without_the_coarse_residual_beside_each_feature_part():
     weights = [0.5, 2.0]
     candidates = AnomalyMap("best_on_validation", weights, image_size=32).candidates

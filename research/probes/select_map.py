@@ -1,6 +1,6 @@
 """Choose a prior's map on a cached validation half as a fit would, then score the test half.
 
-    python research/probes/select_map.py CACHE.pt CKPT [--floor-quantile 0.9]
+    python research/probes/select_map.py CACHE.pt CKPT [--category C] [--floor-quantile 0.9] [--recalibrate]
 
 The cache (cache_inversions.py) holds both halves; the choice is the product's own
 (map_selection.choose_settings over the model's candidates). Prints the test figures of the chosen
@@ -33,9 +33,15 @@ def parts_of(model: Rgi, data: dict) -> dict[str, torch.Tensor]:
     return {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}
 
 
-def prepared_model(checkpoint: str, data_root: str, category: str) -> Rgi:
-    """The prior as a ``best_on_validation`` model, parts it was fitted without prepared as scoring would."""
+def prepared_model(checkpoint: str, data_root: str, category: str, recalibrate: bool = False) -> Rgi:
+    """The prior as a ``best_on_validation`` model, parts it was fitted without prepared as scoring would.
+
+    ``recalibrate``: the coarse residual is calibrated again (its centre and spread included), for a
+    prior calibrated before the part was centred.
+    """
     model = Rgi.load_from_checkpoint(checkpoint, map_location="cpu", anomaly_map="best_on_validation").eval()
+    if recalibrate:
+        model.model.anomaly_map.coarse_residual.scale.fill_(float("nan"))
     if model.model.unprepared_parts:
         data = RgiTextures(root=data_root, category=category, version=2)
         data.prepare_data()
@@ -67,9 +73,10 @@ def main() -> None:
         "--data-root", default="datasets/rgi_textures", help="training images, to prepare unfitted parts"
     )
     parser.add_argument("--category", default="brick")
+    parser.add_argument("--recalibrate", action="store_true", help="calibrate the coarse residual again")
     args = parser.parse_args()
     cache = torch.load(args.cache, weights_only=False)
-    model = prepared_model(args.checkpoint, args.data_root, args.category)
+    model = prepared_model(args.checkpoint, args.data_root, args.category, args.recalibrate)
     amap = model.model.anomaly_map
     val, test = parts_of(model, cache["val"]), parts_of(model, cache["test"])
     kept = [(val, cache["val"]["gt"], cache["val"]["label"])]

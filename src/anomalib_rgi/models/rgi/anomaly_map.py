@@ -118,29 +118,48 @@ def weigh(parts: dict[str, torch.Tensor], settings: MapSettings) -> torch.Tensor
 class CoarseResidual(nn.Module):
     """Where the input departs from the prior's image at the starting latent, averaged over wide windows.
 
-    ``mean_c |window mean of (x - G(z_0))|``: a faint stain, tint or shading change is a residual
-    of one sign spread over many pixels, which the window mean adds up, while normal texture's
-    residual changes sign from grain to grain and averages away. Each channel is averaged on its own,
-    so a hue shift whose channels move in opposite directions still counts. The start ``G(z_0)``
-    (the encoder's reading of the input) rather than the restoration: the inversion's steps, and
-    R-RGI's fine-tuning above all, learn a smooth defect into ``G(z)``.
+    ``mean_c |window mean of (x - G(z_0)) - centre_c| / spread_c``: a faint stain, tint or shading
+    change is a residual of one sign spread over many pixels, which the window mean adds up, while
+    normal texture's residual changes sign from grain to grain and averages away. Each channel is
+    averaged on its own, so a hue shift whose channels move in opposite directions still counts. The
+    start ``G(z_0)`` (the encoder's reading of the input) rather than the restoration: the inversion's
+    steps, and R-RGI's fine-tuning above all, learn a smooth defect into ``G(z)``.
+
+    The centre and spread are the window mean's per-channel mean and standard deviation on good
+    images (:meth:`fit_normal`). A prior whose start is off in colour everywhere (on a colour fabric,
+    by up to a tenth of the range in one channel) otherwise ranks a defect that moves a channel the
+    other way BELOW normal texture; centred, the part measures the departure from the prior's usual
+    error. Until fitted, the centre is 0 and the spread 1 (as priors calibrated before it scored).
 
     Args:
         window (int): Side of the averaging window in pixels (odd).
+        channels (int): Channels of the images.
 
     """
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, channels: int = 3) -> None:
         super().__init__()
         self.window = window
+        self.register_buffer("centre", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("spread", torch.ones(1, channels, 1, 1))
         # Mask-map units per unit of residual (``AnomalyMap.calibrate``); NaN until calibrated.
         self.register_buffer("scale", torch.tensor(float("nan")))
 
+    def window_mean(self, images: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Return the window mean of ``images - start`` (both in [-1, 1]), per channel, ``(N, C, H, W)``."""
+        residual = images - start.clamp(-1, 1)
+        return F.avg_pool2d(residual, self.window, stride=1, padding=self.window // 2, count_include_pad=False)
+
+    @torch.no_grad()
+    def fit_normal(self, images: torch.Tensor, start: torch.Tensor) -> None:
+        """Set the centre and spread from good ``images`` and their starts (both in [-1, 1])."""
+        averaged = self.window_mean(images, start)
+        self.centre.copy_(averaged.mean(dim=(0, 2, 3), keepdim=True))
+        self.spread.copy_(averaged.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
+
     def forward(self, images: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """Return the coarse residual of ``images`` from ``start`` (both in [-1, 1]), ``(N, 1, H, W)``."""
-        residual = images - start.clamp(-1, 1)
-        averaged = F.avg_pool2d(residual, self.window, stride=1, padding=self.window // 2, count_include_pad=False)
-        return averaged.abs().mean(dim=1, keepdim=True)
+        return ((self.window_mean(images, start) - self.centre) / self.spread).abs().mean(dim=1, keepdim=True)
 
 
 def _weight_options(kind: MapKind, weights: list[float]) -> list[dict[str, float]]:
@@ -210,7 +229,7 @@ class AnomalyMap(nn.Module):
         self.learn_floor = learn_floor and kind != "mask"  # the floor matters only beside an added part
         self.image_size = image_size
         self.blur = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else None
-        self.coarse_residual = CoarseResidual(image_size // 4 | 1) if uses["coarse_residual"] else None
+        self.coarse_residual = CoarseResidual(image_size // 4 | 1, image_channels) if uses["coarse_residual"] else None
         # The feature prior reads the feature distance's embedding.
         self.feature_distance = FeatureDistance() if any(uses[part] for part in FEATURE_PARTS) else None
         self.feature_prior = None
@@ -343,7 +362,8 @@ class AnomalyMap(nn.Module):
     def calibrate(self, result: InversionResult, names: Iterable[str] | None = None) -> dict[str, float]:
         """Match the added parts' scales to the mask map's on an inversion of defect-free images.
 
-        A scale is the ratio of the two maps' 99th percentiles.
+        A scale is the ratio of the two maps' 99th percentiles. The coarse residual first learns its
+        centre and spread on the same images (:meth:`CoarseResidual.fit_normal`).
 
         Args:
             result (InversionResult): An inversion of defect-free images.
@@ -359,6 +379,8 @@ class AnomalyMap(nn.Module):
         for name, (compute, scale) in self._added_parts().items():
             if name not in chosen:
                 continue
+            if name == "coarse_residual":
+                self.coarse_residual.fit_normal(result.target, result.start)
             scale.copy_(mask_quantile / compute(result).flatten().quantile(0.99).clamp_min(1e-6))
             scales[name] = float(scale)
         return scales
