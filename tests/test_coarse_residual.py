@@ -110,8 +110,11 @@ def test_fit_calibrates_the_coarse_residual_and_the_checkpoint_keeps_it(fitted_w
     assert np.isfinite(scale)
     assert scale > 0
     assert model.model.anomaly_map.feature_distance is None  # no ImageNet network in this map
+    centre = model.model.anomaly_map.coarse_residual.centre
+    assert centre.abs().sum() > 0  # learned on the calibration crops, not the unfitted 0
     loaded = Rgi.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path, weights_only=True)
     assert float(loaded.model.anomaly_map.coarse_residual.scale) == pytest.approx(scale)
+    assert torch.allclose(loaded.model.anomaly_map.coarse_residual.centre, centre)
 
 
 def test_the_coarse_residual_map_exports_and_matches_torch(fitted_with_coarse_residual, tmp_path):

@@ -357,7 +357,8 @@ class Rgi(RgiExportMixin, AnomalibModule):
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Batch, batch_idx: int) -> None:
         """After an epoch's last step, match the added parts' scales to the prior it now has.
 
-        Validation and the epoch's checkpoint both come after this; every DDP process takes the mean.
+        Validation and the epoch's checkpoint both come after this; every DDP process takes the mean (of
+        the coarse residual's centre and spread too).
         """
         del outputs, batch, batch_idx
         if not self.model.anomaly_map.scales() or not self.trainer.is_last_batch:
@@ -365,6 +366,9 @@ class Rgi(RgiExportMixin, AnomalibModule):
         scales = self.model.calibrate_feature_scale(self._calibration_images)
         for name, buffer in self.model.anomaly_map.scales().items():
             buffer.copy_(self.trainer.strategy.reduce(torch.tensor(scales[name], device=self.device), reduce_op="mean"))
+        if (coarse := self.model.anomaly_map.coarse_residual) is not None:
+            for buffer in (coarse.centre, coarse.spread):
+                buffer.copy_(self.trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
 
     def on_train_epoch_end(self) -> None:
         """Record the last epoch's validation when no epoch is chosen (:class:`EpochSelection` records its own)."""
