@@ -15,10 +15,10 @@ import argparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 from sklearn.metrics import roc_auc_score
 
 from anomalib_rgi import Rgi, RgiTextures
+from anomalib_rgi.models.rgi.anomaly_map import CoarseResidual
 
 
 def collect(loader, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, np.ndarray]:
@@ -34,12 +34,10 @@ def collect(loader, limit: int | None = None) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(images), torch.cat(masks) if masks else None, torch.cat(labels), np.array(kinds)
 
 
-def window_mean(model, images: torch.Tensor, window: int) -> torch.Tensor:
-    scaled = images * 2 - 1
-    with torch.no_grad():
-        start = torch.cat([model.generator(model.encoder(scaled[i : i + 40])) for i in range(0, len(scaled), 40)])
-    residual = scaled - start.clamp(-1, 1)
-    return F.avg_pool2d(residual, window, stride=1, padding=window // 2, count_include_pad=False)
+def window_mean(model, images: torch.Tensor) -> torch.Tensor:
+    """The product's coarse residual before centring: its window mean of x - G(E(x)), as calibration inverts."""
+    result = model.invert(images, steps=0, mask_solver="closed_form", finetune_steps=0)
+    return CoarseResidual(model.image_size // 4 | 1, images.shape[1]).window_mean(result.target, result.start)
 
 
 def main() -> None:
@@ -59,8 +57,7 @@ def main() -> None:
     halves = {"val": collect(data.val_dataloader()), "test": collect(data.test_dataloader())}
     for checkpoint in args.checkpoints:
         model = Rgi.load_from_checkpoint(checkpoint, map_location="cpu").eval().model
-        window = model.image_size // 4 | 1
-        normal = window_mean(model, train, window)
+        normal = window_mean(model, train)
         centre = normal.mean((0, 2, 3), keepdim=True)
         spread = (normal - centre).std((0, 2, 3), keepdim=True)
         print(
@@ -68,7 +65,7 @@ def main() -> None:
             f"{centre.flatten().numpy().round(3)}, spread {spread.flatten().numpy().round(3)}"
         )
         for name, (images, masks, labels, kinds) in halves.items():
-            averaged = window_mean(model, images, window)
+            averaged = window_mean(model, images)
             variants = {
                 "as it was": averaged.abs().mean(1),
                 "centred": (averaged - centre).abs().mean(1),
