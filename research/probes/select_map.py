@@ -3,8 +3,9 @@
     python research/probes/select_map.py CACHE.pt CKPT [--category C] [--floor-quantile 0.9] [--recalibrate]
 
 The cache (cache_inversions.py) holds both halves; the choice is the product's own
-(map_selection.choose_settings over the model's candidates). Prints the test figures of the chosen
-map, of the paper's mask map and of the GAN prior's own map (the same choice among the candidates
+(map_selection.choose_settings over the model's candidates). Prints the test figures of the map the
+checkpoint saved (the fit's own choice), of the map chosen again on the cached validation half, of the
+paper's mask map and of the GAN prior's own map (the same choice among the candidates
 without ImageNet parts), overall and per defect kind.
 """
 
@@ -80,7 +81,8 @@ def main() -> None:
     amap = model.model.anomaly_map
     val, test = parts_of(model, cache["val"]), parts_of(model, cache["test"])
     kept = [(val, cache["val"]["gt"], cache["val"]["label"])]
-    start = dict(amap.settings) | {"mask_floor": 0.0}
+    saved = dict(amap.settings)  # the fit's own choice, as the checkpoint scores
+    start = saved | {"mask_floor": 0.0}
     chosen, dice, report = choose_settings(kept, start, amap.candidates, args.floor_quantile)
     print(f"chosen on validation: {describe_map(chosen)} (validation Dice {dice:.3f})")
     for name, row in report.items():
@@ -89,13 +91,13 @@ def main() -> None:
     own, own_dice, _ = choose_settings(kept, start, own_candidates, args.floor_quantile)
     print(f"GAN prior's own map chosen on validation: {describe_map(own)} (validation Dice {own_dice:.3f})")
     mask_only = dict.fromkeys(ADDED_PARTS, 0.0) | {"mask_floor": 0.0}
-    rows = {"chosen": chosen, "own": own, "mask": mask_only}
+    rows = {"saved": saved, "chosen": chosen, "own": own, "mask": mask_only}
     kind_names = None
     print("test half; per kind image AUROC / pixel AUROC / best-thr. Dice")
     for label, settings in rows.items():
         row = figures(test, settings, cache["test"])
         kind_names = kind_names or sorted(row["kinds"])
-        if label == "chosen":
+        if label == "saved":
             print("| map | pixel AUROC | Dice (best thr.) | image AUROC | " + " | ".join(kind_names) + " |")
         cells = [
             "{image_AUROC:.2f}/{pixel_AUROC:.2f}/{pixel_F1Max:.2f}".format(**row["kinds"][kind]) for kind in kind_names
