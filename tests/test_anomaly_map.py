@@ -20,7 +20,7 @@ from anomalib_rgi.models.rgi.feature_parts import FeatureDistance, FeaturePrior
 from anomalib_rgi.models.rgi.map_selection import (
     PIXEL_AUROC_TOLERANCE,
     choose_settings,
-    good_mask_level,
+    good_level,
     weighed_batch,
 )
 from anomalib_rgi.models.rgi.torch_model import RgiModel
@@ -381,7 +381,7 @@ def test_a_bad_mask_floor_quantile_is_refused(quantile):
 def test_the_mask_floor_needs_good_validation_images():
     parts = {"mask": torch.rand(2, 1, 4, 4)}
     with pytest.raises(ValueError, match="the validation set has none"):
-        good_mask_level([(parts, torch.ones(2, 4, 4), torch.ones(2, dtype=torch.bool))], 0.9)
+        good_level([(parts, torch.ones(2, 4, 4), torch.ones(2, dtype=torch.bool))], 0.9)
 
 
 def test_a_prior_fitted_without_the_floor_is_refused_by_a_model_that_learns_one(fitted_with_features, tmp_path):
@@ -455,8 +455,10 @@ def test_the_pixel_map_is_the_best_dice_near_the_best_pixel_auroc_and_the_image_
         [0.5, 0.0, 0.04, 1.0],
         # the same, then the image score's weights of the two feature parts
         [0.5, 0.0, 0.04, 0.5, 0.0, 1.0],
+        # the coarse residual's weight first, then the same, then its image-score weight
+        [0.0, 0.5, 0.0, 0.04, 0.0, 0.5, 0.0, 1.0],
     ],
-    ids=["before image-score weights", "before the coarse residual"],
+    ids=["before image-score weights", "before the coarse residual", "before the coarse floor"],
 )
 def test_a_checkpoint_of_an_earlier_version_scores_as_it_did(old):
     own = AnomalyMap("best_on_validation", [0.5], learn_floor=True)
@@ -470,6 +472,7 @@ def test_a_checkpoint_of_an_earlier_version_scores_as_it_did(old):
         "feature_distance": 0.5,
         "feature_prior": 0.0,
         "mask_floor": pytest.approx(0.04),
+        "coarse_floor": 0.0,
         "score_coarse_residual": 0.0,
         "score_feature_distance": 0.5,
         "score_feature_prior": 0.0,

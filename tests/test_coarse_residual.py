@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from anomalib_rgi import Rgi
-from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS, AnomalyMap, CoarseResidual
+from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS, AnomalyMap, CoarseResidual, describe_map, weigh
+from anomalib_rgi.models.rgi.map_selection import choose_settings
 from anomalib_rgi.models.rgi.torch_model import RgiModel
 
 from .conftest import TINY_PRIOR, fit_tiny, maps_in_openvino_and_torch
@@ -80,6 +81,36 @@ def test_validation_chooses_among_the_mask_with_or_without_the_coarse_residual_b
     assert (2.0, 0.0, 0.5) in combinations  # the coarse residual beside the feature prior
 
 
+def test_the_coarse_floor_keeps_only_what_the_coarse_residual_has_above_it():
+    # Texture at its usual coarse level, a thin crack (high in the mask, little coarse), a faint stain.
+    parts = {"mask": torch.tensor([0.0, 0.6, 0.0]), "coarse_residual": torch.tensor([0.5, 0.3, 0.9])}
+    settings = dict.fromkeys(ADDED_PARTS, 0.0) | {"coarse_residual": 4.0, "mask_floor": 0.0}
+    unfloored = weigh(parts, settings)
+    assert unfloored[0] > unfloored[1]  # the texture's coarse level, at a heavy weight, hides the crack
+    floored = weigh(parts, settings | {"coarse_floor": 0.5})
+    torch.testing.assert_close(floored, torch.tensor([0.0, 0.6, 1.6]))  # the crack above the texture, the stain kept
+    assert describe_map(settings | {"coarse_floor": 0.5}) == "mask + coarse residual x4 above 0.5"
+
+
+def test_validation_learns_the_coarse_floor_with_the_mask_floor():
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 1])
+    parts = {"mask": torch.rand(4, 1, 8, 8), "coarse_residual": torch.rand(4, 1, 8, 8) + labels.view(4, 1, 1, 1)}
+    gt_mask = labels.view(4, 1, 1).expand(4, 8, 8).clone()
+    current = dict.fromkeys(ADDED_PARTS, 0.0) | {"mask_floor": float("nan"), "coarse_floor": 0.0}
+    candidates = [dict.fromkeys(ADDED_PARTS, 0.0) | {"coarse_residual": 1.0}]
+    chosen, _, _ = choose_settings([(parts, gt_mask, labels)], current, candidates, mask_floor_quantile=0.9)
+    good = parts["coarse_residual"][:2].flatten()
+    assert chosen["coarse_floor"] == pytest.approx(float(good.quantile(0.9)), abs=0.02)
+    assert chosen["mask_floor"] == pytest.approx(float(parts["mask"][:2].flatten().quantile(0.9)), abs=0.02)
+    # Without a floor quantile neither floor is learned; without the part kept, its floor stays.
+    unfloored, _, _ = choose_settings([(parts, gt_mask, labels)], current, candidates, mask_floor_quantile=0.0)
+    assert unfloored["coarse_floor"] == 0.0
+    mask_only = {"mask": parts["mask"]}
+    kept_floor, _, _ = choose_settings([(mask_only, gt_mask, labels)], current, [], mask_floor_quantile=0.9)
+    assert kept_floor["coarse_floor"] == 0.0
+
+
 def test_preparing_a_part_the_map_does_not_weigh_keeps_the_others_and_their_thresholds():
     torch.manual_seed(0)
     rgi = RgiModel(image_size=32, anomaly_map="best_on_validation", feature_weight=[0.5], **TINY_PRIOR)
@@ -117,7 +148,14 @@ def test_fit_calibrates_the_coarse_residual_and_the_checkpoint_keeps_it(fitted_w
     assert torch.allclose(loaded.model.anomaly_map.coarse_residual.centre, centre)
 
 
-def test_the_coarse_residual_map_exports_and_matches_torch(fitted_with_coarse_residual, tmp_path):
+@pytest.mark.parametrize("coarse_floor", [0.0, 0.05])
+def test_the_coarse_residual_map_exports_and_matches_torch(fitted_with_coarse_residual, tmp_path, coarse_floor):
     _, model, _ = fitted_with_coarse_residual
-    exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path)
+    anomaly_map = model.model.anomaly_map
+    saved = dict(anomaly_map.settings)
+    anomaly_map.set_settings(saved | {"coarse_floor": coarse_floor})
+    try:
+        exported_map, torch_map = maps_in_openvino_and_torch(model, tmp_path)
+    finally:
+        anomaly_map.set_settings(saved)
     np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)

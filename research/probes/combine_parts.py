@@ -16,7 +16,7 @@ import torch
 from select_map import figures, parts_of, prepared_model
 
 from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS
-from anomalib_rgi.models.rgi.map_selection import good_mask_level
+from anomalib_rgi.models.rgi.map_selection import good_level
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     cache = torch.load(args.cache, weights_only=False)
     model = prepared_model(args.checkpoint, args.data_root, args.category)
     val, test = parts_of(model, cache["val"]), parts_of(model, cache["test"])
-    floor = good_mask_level([(val, cache["val"]["gt"], cache["val"]["label"])], args.floor_quantile)
+    floor = good_level([(val, cache["val"]["gt"], cache["val"]["label"])], args.floor_quantile)
     print(f"floor {floor:.4f}; columns: half pixel AUROC / best Dice / image AUROC")
     kinds = None
     for coarse, prior in itertools.product(args.coarse, args.prior):

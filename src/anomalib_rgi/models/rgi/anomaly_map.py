@@ -27,6 +27,9 @@ too coarse to outline them, where the mask outlines them sharply.
 Each added part is brought to the mask map's units by a scale calibrated on defect-free images, so
 one weight means the same on every prior. The mask may count only above a floor learned on the good
 validation images: where an added part carries the defects, the mask's level on normal texture is noise.
+The coarse residual has its own floor, learned with the mask's (the same quantile of the part on the
+good validation images): at the heavy weights faint, spread-out defects need, its level on normal
+texture would otherwise cover the mask's thin outline of cracks and particles.
 """
 
 from __future__ import annotations
@@ -49,15 +52,16 @@ FEATURE_PARTS = ("feature_distance", "feature_prior")  # read ImageNet features
 ADDED_PARTS = ("coarse_residual", *FEATURE_PARTS)  # every part a map may add to the mask; ties: the first
 SCORE_OF = {part: f"score_{part}" for part in ADDED_PARTS}  # the image score's weight of each part
 SCORE_PARTS = tuple(SCORE_OF.values())
-SETTING_NAMES = (*ADDED_PARTS, "mask_floor", *SCORE_PARTS)
-# {"feature_distance": weight, ..., "mask_floor": level, "score_feature_distance": weight, ...}
+FLOORS = ("mask_floor", "coarse_floor")  # learned on the good validation images, not chosen
+SETTING_NAMES = (*ADDED_PARTS, *FLOORS, *SCORE_PARTS)
+# {"feature_distance": weight, ..., "mask_floor": level, "coarse_floor": level, "score_feature_distance": ...}
 MapSettings = dict[str, float]
 
 
 def score_settings(settings: MapSettings) -> MapSettings:
     """Return the settings of the map whose maximum is the image score (the pixel map's where not given)."""
     weights = {part: settings.get(score, settings.get(part, 0.0)) for part, score in SCORE_OF.items()}
-    return weights | {"mask_floor": settings.get("mask_floor", 0.0)}
+    return weights | {floor: settings.get(floor, 0.0) for floor in FLOORS}
 
 
 def scored_as(settings: MapSettings, weights: MapSettings) -> MapSettings:
@@ -87,6 +91,8 @@ def _describe_weights(settings: MapSettings) -> str:
     weighted = [f"{part.replace('_', ' ')} x{settings[part]:g}" for part in ADDED_PARTS if settings.get(part)]
     if not weighted:
         return "mask"
+    if settings.get("coarse_residual") and (coarse_floor := settings.get("coarse_floor", 0.0)):
+        weighted[0] += f" above {coarse_floor:.3g}"  # the coarse residual is the first added part
     floor = settings.get("mask_floor", 0.0)
     return " + ".join(["mask", *weighted]) + (f", mask above {floor:.3g}" if floor else "")
 
@@ -104,14 +110,18 @@ def weigh_maps(parts: dict[str, torch.Tensor], settings: MapSettings) -> tuple[t
 def weigh(parts: dict[str, torch.Tensor], settings: MapSettings) -> torch.Tensor:
     """Return the anomaly map of :meth:`AnomalyMap.parts`' parts at these settings.
 
-    ``max(mask - mask_floor, 0) + sum(weight * part)``; parts at weight 0 may be absent from ``parts``.
-    The floor applies only beside an added part: alone, the mask's every level is the map's ordering.
+    ``max(mask - mask_floor, 0) + sum(weight * part)``, the coarse residual taken as
+    ``max(part - coarse_floor, 0)``; parts at weight 0 may be absent from ``parts``. The mask floor applies
+    only beside an added part: alone, the mask's every level is the map's ordering.
     """
     floor = settings.get("mask_floor", 0.0) if any(settings.get(part) for part in ADDED_PARTS) else 0.0
     anomaly_map = (parts["mask"] - floor).clamp(min=0) if floor else parts["mask"]
     for name in ADDED_PARTS:
         if weight := settings.get(name, 0.0):
-            anomaly_map = anomaly_map + weight * parts[name]
+            part = parts[name]
+            if name == "coarse_residual" and (coarse_floor := settings.get("coarse_floor", 0.0)):
+                part = (part - coarse_floor).clamp(min=0)
+            anomaly_map = anomaly_map + weight * part
     return anomaly_map
 
 
@@ -192,8 +202,9 @@ class AnomalyMap(nn.Module):
         image_size (int): Side of the prior's images (the feature prior reads them at twice this; the
             coarse residual's window is a quarter of it).
         image_channels (int): Channels of the images (the feature parts read 1 or 3).
-        learn_floor (bool): The mask floor is learned on validation (until then it is NaN and scoring
-            refuses); otherwise it is 0. Ignored by ``"mask"``: the floor applies only beside an added part.
+        learn_floor (bool): The mask floor, and the coarse residual's, are learned on validation (until
+            then the mask's is NaN and scoring refuses); otherwise both are 0. Ignored by ``"mask"``: the
+            floors apply only beside an added part.
 
     Raises:
         ValueError: On an unknown kind, a negative or empty weight, or images the feature parts cannot read.
@@ -238,7 +249,7 @@ class AnomalyMap(nn.Module):
         self.candidates = options if len(options) > 1 else []  # empty: the map is fixed
         start = options[0]
         floor = float("nan") if self.learn_floor else 0.0
-        self.settings: MapSettings = scored_as({**start, "mask_floor": floor}, start)
+        self.settings: MapSettings = scored_as({**start, "mask_floor": floor, "coarse_floor": 0.0}, start)
         # The settings in the checkpoint: the chosen weights and learned floor travel with the weights.
         self.register_buffer("saved_settings", self._settings_tensor())
         self.register_load_state_dict_post_hook(_read_saved_settings)
@@ -250,11 +261,12 @@ class AnomalyMap(nn.Module):
         return torch.tensor([*values, float(learned)], dtype=torch.float64)
 
     def set_settings(self, settings: MapSettings) -> None:
-        """Score with these weights and floor from now on (and save them with the model).
+        """Score with these weights and floors from now on (and save them with the model).
 
-        Without ``score_*`` weights the image score is the pixel map's maximum.
+        Without ``score_*`` weights the image score is the pixel map's maximum; without a
+        ``coarse_floor`` the coarse residual counts from 0.
         """
-        settings = scored_as(settings, score_settings(settings))
+        settings = {"coarse_floor": 0.0} | scored_as(settings, score_settings(settings))
         self.settings = {name: float(settings[name]) for name in SETTING_NAMES}
         self.saved_settings.copy_(self._settings_tensor())
 

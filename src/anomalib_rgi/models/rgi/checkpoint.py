@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from anomalib.utils.serialization import anomalib_safe_globals
 
-from .anomaly_map import FEATURE_PARTS, SCORE_OF, SETTING_NAMES
+from .anomaly_map import ADDED_PARTS, FEATURE_PARTS, FLOORS, SCORE_OF, SCORE_PARTS, SETTING_NAMES
 from .settings import PRIOR_DEFAULTS
 
 # The prior's architecture: a checkpoint's networks load only into a model built with the same values.
@@ -81,18 +81,20 @@ def read_checkpoint(path: str | Path, safe_globals: list) -> dict[str, Any]:
 
 
 # The map settings buffers of earlier versions, by length: the ImageNet-feature weights and the floor,
-# then (from the second) the image score's weights; the last entry of each marks a learned floor.
+# then (from the second) the image score's weights, then (the third) the coarse residual's weights
+# without its floor; the last entry of each marks a learned floor.
 FORMER_SETTINGS = {
     len(FEATURE_PARTS) + 2: (*FEATURE_PARTS, "mask_floor"),
     2 * len(FEATURE_PARTS) + 2: (*FEATURE_PARTS, "mask_floor", *(SCORE_OF[part] for part in FEATURE_PARTS)),
+    2 * len(ADDED_PARTS) + 2: (*ADDED_PARTS, "mask_floor", *SCORE_PARTS),
 }
 
 
 def current_settings_buffer(saved: torch.Tensor) -> torch.Tensor:
     """Return a map settings buffer in this version's layout (:data:`~.anomaly_map.SETTING_NAMES`, learned).
 
-    Parts an earlier version did not have weigh 0; without saved image-score weights the image score
-    weighs the parts as the pixel map does (as those versions scored).
+    Parts an earlier version did not have weigh 0, and a floor it did not learn is 0; without saved
+    image-score weights the image score weighs the parts as the pixel map does (as those versions scored).
     """
     if len(saved) == len(SETTING_NAMES) + 1:
         return saved.clone()
@@ -133,14 +135,16 @@ def match_map_state(
         del state[name]
     for name, value in own.items():
         state.setdefault(name, value)
-    saved = current_settings_buffer(state[f"{prefix}saved_settings"])  # weights, floor, score weights, learned
+    saved = current_settings_buffer(state[f"{prefix}saved_settings"])  # weights, floors, score weights, learned
     before = saved.clone()
     floor = SETTING_NAMES.index("mask_floor")
+    floors = [SETTING_NAMES.index(name) for name in FLOORS]
     if fixed_map:
-        saved[:floor] = own[f"{prefix}saved_settings"][:floor]
-        saved[floor + 1 : -1] = own[f"{prefix}saved_settings"][floor + 1 : -1]
+        weights = [index for index in range(len(SETTING_NAMES)) if index not in floors]
+        saved[weights] = own[f"{prefix}saved_settings"][weights]
     if not floor_learned:
-        saved[floor] = saved[-1] = 0.0
+        saved[floors] = 0.0
+        saved[-1] = 0.0
     elif not saved[-1]:
         saved[floor] = float("nan")  # fitted without a floor: scoring refuses rather than use none
     changed = not torch.equal(saved[:-1], before[:-1])

@@ -98,6 +98,8 @@ class Rgi(RgiExportMixin, AnomalibModule):
         mask_floor_quantile (float): Above 0: the mask counts only above its level on good parts, learned
             by each validation of the fit as this quantile of the mask on the defect-free validation
             images. Where an added part carries the defects, the mask's level on normal texture is noise.
+            The coarse residual's floor is the same quantile of its own level: at a heavy weight its
+            level on normal texture would hide thin defects' mask.
         map_sigma (float): Gaussian smoothing of the map in pixels (0: none).
         select_epoch_every (int): 0: the prior is the last epoch's. N: validate every N epochs (N divides
             ``max_epochs``) and keep the epoch with the best validation Dice, weights, map settings and

@@ -35,14 +35,14 @@ def has_defect_masks(kept: list[KeptBatch]) -> bool:
     return all(gt_mask is not None for _, gt_mask, _ in kept) and any(gt_mask.any() for _, gt_mask, _ in kept)
 
 
-def good_mask_level(kept: list[KeptBatch], quantile: float) -> float:
-    """Return the ``quantile`` of the mask part over the pixels of the kept defect-free images.
+def good_level(kept: list[KeptBatch], quantile: float, part: str = "mask") -> float:
+    """Return the ``quantile`` of a part (the mask by default) over the pixels of the kept defect-free images.
 
     Raises:
         ValueError: If no kept image is labelled defect-free.
 
     """
-    good = [parts["mask"][gt_label.cpu() == 0] for parts, _, gt_label in kept if gt_label is not None]
+    good = [parts[part][gt_label.cpu() == 0] for parts, _, gt_label in kept if gt_label is not None]
     values = torch.cat([part.flatten() for part in good]) if good else torch.empty(0)
     if not values.numel():
         msg = (
@@ -99,7 +99,7 @@ def choose_settings(
     candidates: list[MapSettings],
     mask_floor_quantile: float,
 ) -> tuple[MapSettings, float | None, dict[str, dict[str, float]]]:
-    """Learn the floor, then choose the pixel map's and the image score's weights among the candidates.
+    """Learn the floors, then choose the pixel map's and the image score's weights among the candidates.
 
     The pixel map: the best validation Dice among the candidates whose pixel AUROC is within
     :data:`PIXEL_AUROC_TOLERANCE` of the best; the image score: the best image AUROC. Ties go to the
@@ -109,7 +109,8 @@ def choose_settings(
         kept (list[KeptBatch]): The validation's kept parts.
         current (MapSettings): The settings the model scores with now.
         candidates (list[MapSettings]): Weights to choose among (empty: keep the current ones).
-        mask_floor_quantile (float): Above 0: the floor is this quantile of the mask on good images.
+        mask_floor_quantile (float): Above 0: the mask floor is this quantile of the mask on good images,
+            and the coarse floor the same quantile of the coarse residual, where it is kept.
 
     Returns:
         tuple: The chosen settings, the pixel map's validation Dice (None without defect masks) and,
@@ -130,7 +131,9 @@ def choose_settings(
         raise ValueError(msg)
     settings = dict(current)
     if mask_floor_quantile:
-        settings["mask_floor"] = good_mask_level(kept, mask_floor_quantile)
+        settings["mask_floor"] = good_level(kept, mask_floor_quantile)
+        if all("coarse_residual" in parts for parts, _, _ in kept):
+            settings["coarse_floor"] = good_level(kept, mask_floor_quantile, "coarse_residual")
     if not masked:
         return settings, None, {}
     if not candidates:
@@ -145,7 +148,7 @@ def choose_settings(
     if image_auroc[0] is not None:
         chosen = scored_as(chosen, options[max(range(len(options)), key=image_auroc.__getitem__)])
     report = {
-        describe_map(option | {"mask_floor": 0.0}): {
+        describe_map(option | {"mask_floor": 0.0, "coarse_floor": 0.0}): {
             "Dice": dice[i],
             "pixel_AUROC": pixel_auroc[i],
             "image_AUROC": float("nan") if image_auroc[i] is None else image_auroc[i],
