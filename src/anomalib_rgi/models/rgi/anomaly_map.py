@@ -52,7 +52,8 @@ FEATURE_PARTS = ("feature_distance", "feature_prior")  # read ImageNet features
 ADDED_PARTS = ("coarse_residual", *FEATURE_PARTS)  # every part a map may add to the mask; ties: the first
 SCORE_OF = {part: f"score_{part}" for part in ADDED_PARTS}  # the image score's weight of each part
 SCORE_PARTS = tuple(SCORE_OF.values())
-FLOORS = ("mask_floor", "coarse_floor")  # learned on the good validation images, not chosen
+FLOOR_OF = {"coarse_residual": "coarse_floor"}  # the added parts that count only above a floor of their own
+FLOORS = ("mask_floor", *FLOOR_OF.values())  # learned on the good validation images, not chosen
 SETTING_NAMES = (*ADDED_PARTS, *FLOORS, *SCORE_PARTS)
 # {"feature_distance": weight, ..., "mask_floor": level, "coarse_floor": level, "score_feature_distance": ...}
 MapSettings = dict[str, float]
@@ -88,13 +89,21 @@ def describe_map(settings: MapSettings) -> str:
 
 
 def _describe_weights(settings: MapSettings) -> str:
-    weighted = [f"{part.replace('_', ' ')} x{settings[part]:g}" for part in ADDED_PARTS if settings.get(part)]
+    weighted = [_describe_part(part, settings) for part in ADDED_PARTS if settings.get(part)]
     if not weighted:
         return "mask"
-    if settings.get("coarse_residual") and (coarse_floor := settings.get("coarse_floor", 0.0)):
-        weighted[0] += f" above {coarse_floor:.3g}"  # the coarse residual is the first added part
     floor = settings.get("mask_floor", 0.0)
     return " + ".join(["mask", *weighted]) + (f", mask above {floor:.3g}" if floor else "")
+
+
+def _describe_part(part: str, settings: MapSettings) -> str:
+    level = _floor(part, settings)
+    return f"{part.replace('_', ' ')} x{settings[part]:g}" + (f" above {level:.3g}" if level else "")
+
+
+def _floor(part: str, settings: MapSettings) -> float:
+    """Return the level below which an added part counts nothing (0: it has no floor, or none was learned)."""
+    return settings.get(FLOOR_OF[part], 0.0) if part in FLOOR_OF else 0.0
 
 
 def image_score(anomaly_map: torch.Tensor) -> torch.Tensor:
@@ -118,9 +127,7 @@ def weigh(parts: dict[str, torch.Tensor], settings: MapSettings) -> torch.Tensor
     anomaly_map = (parts["mask"] - floor).clamp(min=0) if floor else parts["mask"]
     for name in ADDED_PARTS:
         if weight := settings.get(name, 0.0):
-            part = parts[name]
-            if name == "coarse_residual" and (coarse_floor := settings.get("coarse_floor", 0.0)):
-                part = (part - coarse_floor).clamp(min=0)
+            part = (parts[name] - level).clamp(min=0) if (level := _floor(name, settings)) else parts[name]
             anomaly_map = anomaly_map + weight * part
     return anomaly_map
 
@@ -249,7 +256,7 @@ class AnomalyMap(nn.Module):
         self.candidates = options if len(options) > 1 else []  # empty: the map is fixed
         start = options[0]
         floor = float("nan") if self.learn_floor else 0.0
-        self.settings: MapSettings = scored_as({**start, "mask_floor": floor, "coarse_floor": 0.0}, start)
+        self.settings: MapSettings = scored_as({**start, **dict.fromkeys(FLOORS, 0.0), "mask_floor": floor}, start)
         # The settings in the checkpoint: the chosen weights and learned floor travel with the weights.
         self.register_buffer("saved_settings", self._settings_tensor())
         self.register_load_state_dict_post_hook(_read_saved_settings)
@@ -266,7 +273,7 @@ class AnomalyMap(nn.Module):
         Without ``score_*`` weights the image score is the pixel map's maximum; without a
         ``coarse_floor`` the coarse residual counts from 0.
         """
-        settings = {"coarse_floor": 0.0} | scored_as(settings, score_settings(settings))
+        settings = dict.fromkeys(FLOOR_OF.values(), 0.0) | scored_as(settings, score_settings(settings))
         self.settings = {name: float(settings[name]) for name in SETTING_NAMES}
         self.saved_settings.copy_(self._settings_tensor())
 

@@ -22,7 +22,7 @@ from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics.functional.classification import binary_auroc
 
-from .anomaly_map import MapSettings, describe_map, image_score, scored_as, weigh, weigh_maps
+from .anomaly_map import FLOOR_OF, FLOORS, MapSettings, describe_map, image_score, scored_as, weigh, weigh_maps
 
 PIXEL_AUROC_TOLERANCE = 0.01
 
@@ -132,8 +132,9 @@ def choose_settings(
     settings = dict(current)
     if mask_floor_quantile:
         settings["mask_floor"] = good_level(kept, mask_floor_quantile)
-        if all("coarse_residual" in parts for parts, _, _ in kept):
-            settings["coarse_floor"] = good_level(kept, mask_floor_quantile, "coarse_residual")
+        for part, floor in FLOOR_OF.items():
+            if all(part in parts for parts, _, _ in kept):
+                settings[floor] = good_level(kept, mask_floor_quantile, part)
     if not masked:
         return settings, None, {}
     if not candidates:
@@ -148,7 +149,7 @@ def choose_settings(
     if image_auroc[0] is not None:
         chosen = scored_as(chosen, options[max(range(len(options)), key=image_auroc.__getitem__)])
     report = {
-        describe_map(option | {"mask_floor": 0.0, "coarse_floor": 0.0}): {
+        describe_map(option | dict.fromkeys(FLOORS, 0.0)): {
             "Dice": dice[i],
             "pixel_AUROC": pixel_auroc[i],
             "image_AUROC": float("nan") if image_auroc[i] is None else image_auroc[i],
