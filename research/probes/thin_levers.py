@@ -6,8 +6,8 @@
 For each mask smoothing ``sigma`` and coarse window, every added part is calibrated again on the
 training crops (as a fit does), the product's choice is made on the cached validation half and the
 test half is scored: overall and per kind (image AUROC / pixel AUROC / best-thr. Dice). ``--coarse-floors``
-subtracts a quantile of the coarse part on the good validation crops from it (as the mask floor does
-for the mask), so normal texture's coarse residual adds nothing and a thin defect's mask can stand out.
+sets the coarse residual's floor at other quantiles of its level on the good validation crops than the
+mask floor's (the product learns both at ``mask_floor_quantile``; 0: no coarse floor).
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import argparse
 import itertools
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from anomalib.models.components import GaussianBlur2d
 from select_map import figures, parts_of
 
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.models.rgi.anomaly_map import CoarseResidual, describe_map
-from anomalib_rgi.models.rgi.map_selection import choose_settings
+from anomalib_rgi.models.rgi.map_selection import choose_settings, good_level
 
 
 def use_windows(part: CoarseResidual, windows: list[int]) -> None:
@@ -33,12 +32,10 @@ def use_windows(part: CoarseResidual, windows: list[int]) -> None:
     part.centre = torch.zeros(1, channels * len(windows), 1, 1)
     part.spread = torch.ones(1, channels * len(windows), 1, 1)
 
+    scales = [CoarseResidual(side, channels) for side in windows]
+
     def window_mean(images: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        residual = images - start.clamp(-1, 1)
-        return torch.cat(
-            [F.avg_pool2d(residual, side, stride=1, padding=side // 2, count_include_pad=False) for side in windows],
-            dim=1,
-        )
+        return torch.cat([scale.window_mean(images, start) for scale in scales], dim=1)
 
     part.window_mean = window_mean
 
@@ -72,22 +69,20 @@ def main() -> None:
     if net.unprepared_parts:
         net.prepare_feature_parts(good, model.prior_settings["feature_prior_steps"])
     amap = net.anomaly_map
-    start = dict(amap.settings) | {"mask_floor": 0.0}
     printed_header = False
     for sigma, window in itertools.product(args.sigmas, args.windows):
         amap.blur = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else None
         use_windows(amap.coarse_residual, [int(side) for side in window.split("+")])
         net.calibrate_feature_scale(good[:32])
         val, test = parts_of(model, cache["val"]), parts_of(model, cache["test"])
-        good_val = val["coarse_residual"][cache["val"]["label"] == 0].flatten()
+        kept = [(val, cache["val"]["gt"], cache["val"]["label"])]
+        mask_floor = good_level(kept, args.floor_quantile)
         for quantile in args.coarse_floors:
-            level = float(good_val.quantile(quantile)) if quantile else 0.0
-            floored = [
-                parts | {"coarse_residual": (parts["coarse_residual"] - level).clamp(min=0)} for parts in (val, test)
-            ]
-            kept = [(floored[0], cache["val"]["gt"], cache["val"]["label"])]
-            chosen, dice, _ = choose_settings(kept, start, amap.candidates, args.floor_quantile)
-            row = figures(floored[1], chosen, cache["test"])
+            coarse_floor = good_level(kept, quantile, "coarse_residual") if quantile else 0.0
+            floors = {"mask_floor": mask_floor, "coarse_floor": coarse_floor}
+            # Quantile 0: the floors given are kept, the weights chosen as a fit chooses them.
+            chosen, dice, _ = choose_settings(kept, amap.settings | floors, amap.candidates, 0.0)
+            row = figures(test, chosen, cache["test"])
             kinds = sorted(row["kinds"])
             if not printed_header:
                 printed_header = True
