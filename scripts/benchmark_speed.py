@@ -55,7 +55,7 @@ def measure(method: str, args: dict) -> dict:
     # As Rgi prepares a map the prior was fitted without; a prepared checkpoint keeps its parts.
     if model.model.unprepared_parts:
         good = load_images(train_image_paths(args["data_root"], args["category"], limit=512), model.model.input_size)
-        model.model.prepare_feature_parts(good, model.prior_settings["feature_prior_steps"])
+        model.model.prepare_feature_parts(good)
     steps = model.model.inversion["steps"]
     images, masks = load_test_split(args["data_root"], args["category"], args["images"])
     batches = [batch for batch in BATCHES if batch <= len(images)]

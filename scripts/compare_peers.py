@@ -66,7 +66,7 @@ MAP_SIZE = 128
 TINY_DATA = {"crop_size": 32, "num_train": 16, "num_test_good": 4, "num_test_defective": 4, "train_batch_size": 8}
 TINY_RGI = {
     "image_size": 32,
-    "prior": {"latent_stride": 4, "latent_channels": 4, "base_channels": 4, "feature_prior_steps": 20},
+    "prior": {"latent_stride": 4, "latent_channels": 4, "base_channels": 4},
     "max_epochs": 1,
     "steps": 3,
 }

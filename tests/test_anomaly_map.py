@@ -29,7 +29,6 @@ from .conftest import TINY_DATA, TINY_MODEL, TINY_PRIOR, fit_tiny, maps_in_openv
 
 DISTANCE = {"anomaly_map": "mask+feature_distance", "feature_weight": 0.5}
 FEATURE_PRIOR = {"anomaly_map": "mask+feature_prior", "feature_weight": 1.0}
-FAST_FEATURE_PRIOR = {**TINY_PRIOR, "feature_prior_steps": 20}
 
 
 def _crop(category: str, size: int = 64) -> torch.Tensor:
@@ -165,20 +164,19 @@ def test_the_feature_map_exports_and_matches_torch(fitted_with_features, tmp_pat
     np.testing.assert_allclose(exported_map, torch_map, atol=1e-2)
 
 
-# The feature prior part: the residual of an autoencoder of normal ImageNet embeddings.
+# The feature prior part: the Mahalanobis distance of ImageNet embeddings from a Gaussian of normal ones.
 
 
 def test_the_feature_prior_marks_foreign_material_and_leaves_the_random_stream_alone():
     distance = FeatureDistance()
     grass = torch.cat([_crop("grass", 128)[..., i : i + 64, j : j + 64] for i in (0, 64) for j in (0, 64)])
-    prior = FeaturePrior(sum(distance.features.feature_info.channels()))
+    prior = FeaturePrior(sum(distance.features.feature_info.channels()), grid=16)
     torch.manual_seed(0)
-    prior.fit(distance.embed(grass, 128), steps=200)
+    prior.fit(distance.embed(grass, 128))
     next_draw = torch.rand(4)
     torch.manual_seed(0)
     torch.testing.assert_close(torch.rand(4), next_draw)  # fitting drew nothing from the global stream
     assert prior.fitted
-    assert not any(weight.requires_grad for weight in prior.parameters())
     patched = grass[:1].clone()
     patched[..., 16:48, 16:48] = _crop("brick")[..., 16:48, 16:48]
     residual = prior.residual(distance.embed(patched, 128))[0, 0]  # 16 x 16 positions
@@ -187,8 +185,10 @@ def test_the_feature_prior_marks_foreign_material_and_leaves_the_random_stream_a
         prior.residual(distance.embed(grass[:1], 128))[0, 0, 6:10, 6:10].mean(),
     )
     assert inside > 3 * normal
-    again = FeaturePrior(prior.centre.shape[1])
-    again.fit(distance.embed(grass, 128), steps=200)
+    with pytest.raises(ValueError, match="built for embeddings"):
+        prior.fit(distance.embed(grass, 64))  # an 8 x 8 grid
+    again = FeaturePrior(prior.centre.shape[1], grid=16)
+    again.fit(distance.embed(grass, 128))
     for name, value in prior.state_dict().items():
         torch.testing.assert_close(again.state_dict()[name], value, equal_nan=True)  # scale: not calibrated
 
@@ -196,7 +196,7 @@ def test_the_feature_prior_marks_foreign_material_and_leaves_the_random_stream_a
 @pytest.fixture(scope="module")
 def fitted_with_feature_prior(tiny_data_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("feature-prior")
-    return fit_tiny(tiny_data_root, work, **FEATURE_PRIOR, prior=FAST_FEATURE_PRIOR)
+    return fit_tiny(tiny_data_root, work, **FEATURE_PRIOR, prior=TINY_PRIOR)
 
 
 def test_fit_fits_the_feature_prior_keeps_it_and_leaves_the_gan_as_it_was(
@@ -235,7 +235,7 @@ def test_an_unfitted_feature_prior_is_refused_and_a_test_fits_it(fitted_with_fea
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"prior": {"feature_prior_steps": 0}}, "feature_prior_steps must be at least 1"),
+        ({"prior": {"collapse_patience": 0}}, "collapse_patience must be at least 1"),
         ({"prior": {"feature_prior_step": 10}}, "Unknown prior settings"),
         ({"solver": {"mask_solver": "adm"}}, "mask_solver must be one of"),
         ({"solver": {"steps": 10}}, "an Rgi argument of its own"),
@@ -245,6 +245,31 @@ def test_an_unfitted_feature_prior_is_refused_and_a_test_fits_it(fitted_with_fea
 def test_bad_advanced_settings_are_refused_in_the_constructor(settings, message):
     with pytest.raises(ValueError, match=message):
         Rgi(**{**TINY_MODEL, **DISTANCE, **settings})
+
+
+def test_a_retired_prior_setting_warns_and_is_not_saved():
+    with pytest.warns(FutureWarning, match="closed form"):
+        model = Rgi(**{**TINY_MODEL, **FEATURE_PRIOR, "prior": {**TINY_PRIOR, "feature_prior_steps": 1000}})
+    assert "feature_prior_steps" not in model.hparams.prior
+
+
+def test_an_autoencoder_feature_prior_from_an_earlier_version_is_fitted_again(fitted_with_feature_prior, tmp_path):
+    engine, _, _ = fitted_with_feature_prior
+    checkpoint = torch.load(engine.trainer.checkpoint_callback.best_model_path, weights_only=False)
+    state = checkpoint["state_dict"]
+    prefix = "model.anomaly_map.feature_prior."
+    for name in [name for name in state if name.startswith(prefix)]:
+        del state[name]
+    # The autoencoder's buffers and first layer, as an earlier version saved them.
+    state |= {f"{prefix}centre": torch.zeros(1, 120, 1, 1), f"{prefix}fitted": torch.tensor(True)}
+    state |= {f"{prefix}scale": torch.tensor(1.0), f"{prefix}encoder.0.weight": torch.zeros(128, 120, 3, 3)}
+    former = tmp_path / "former.ckpt"
+    torch.save(checkpoint, former)
+    loaded = Rgi.load_from_checkpoint(former)
+    prior = loaded.model.anomaly_map.feature_prior
+    assert not prior.fitted
+    assert torch.isnan(prior.scale)
+    assert "feature_prior" in loaded.model.unprepared_parts
 
 
 @pytest.mark.parametrize("mask_floor", [0.0, 0.02])
@@ -268,7 +293,7 @@ def test_validation_chooses_the_map_and_learns_its_thresholds(tiny_data_root, tm
         select_epoch_every=1,
         anomaly_map="best_on_validation",
         feature_weight=weights,
-        prior=FAST_FEATURE_PRIOR,
+        prior=TINY_PRIOR,
     )
     chosen = model.model.anomaly_map.settings
     checkpoint = engine.trainer.checkpoint_callback.best_model_path
@@ -333,7 +358,7 @@ def test_the_feature_prior_part_scores_tiled_inputs():
     images = torch.rand(3, 3, 64, 64)
     with pytest.raises(RuntimeError, match="fit_feature_prior"):
         rgi(images)
-    rgi.fit_feature_prior(images, steps=5)
+    rgi.fit_feature_prior(images)
     assert rgi.calibrate_feature_scale(images).keys() == {"feature_distance", "feature_prior"}
     anomaly_map = rgi(images).anomaly_map
     assert anomaly_map.shape == (3, 1, 64, 64)
@@ -350,7 +375,7 @@ def test_the_mask_floor_keeps_only_what_exceeds_it_beside_a_feature_part():
 
 def test_validation_learns_the_mask_floor_and_its_thresholds(tiny_data_root, tmp_path):
     engine, model, datamodule = fit_tiny(
-        tiny_data_root, tmp_path, **FEATURE_PRIOR, mask_floor_quantile=0.75, prior=FAST_FEATURE_PRIOR
+        tiny_data_root, tmp_path, **FEATURE_PRIOR, mask_floor_quantile=0.75, prior=TINY_PRIOR
     )
     floor = model.model.anomaly_map.settings["mask_floor"]
     assert floor > 0

@@ -116,18 +116,18 @@ def test_preparing_a_part_the_map_does_not_weigh_keeps_the_others_and_their_thre
     rgi = RgiModel(image_size=32, anomaly_map="best_on_validation", feature_weight=[0.5], **TINY_PRIOR)
     images = torch.rand(4, 3, 32, 32)
     # A prior fitted before the coarse residual existed: its feature parts ready, the new part's scale NaN.
-    rgi.fit_feature_prior(images, steps=5)
+    rgi.fit_feature_prior(images)
     rgi.calibrate_feature_scale(images, ["feature_distance", "feature_prior"])
     rgi.anomaly_map.set_settings(dict.fromkeys(ADDED_PARTS, 0.0) | {"feature_distance": 0.5, "mask_floor": 0.0})
     distance_scale = float(rgi.anomaly_map.feature_distance.scale)
     assert torch.isnan(rgi.anomaly_map.coarse_residual.scale)
-    assert rgi.prepare_feature_parts(images, feature_prior_steps=5) is False  # its thresholds still hold
+    assert rgi.prepare_feature_parts(images) is False  # its thresholds still hold
     assert float(rgi.anomaly_map.feature_distance.scale) == distance_scale
     assert float(rgi.anomaly_map.coarse_residual.scale) > 0
     # Weighed by the map, a newly prepared part makes the thresholds stale.
     rgi.anomaly_map.coarse_residual.scale.fill_(float("nan"))
     rgi.anomaly_map.set_settings(rgi.anomaly_map.settings | {"coarse_residual": 0.5, "feature_distance": 0.0})
-    assert rgi.prepare_feature_parts(images, feature_prior_steps=5) is True
+    assert rgi.prepare_feature_parts(images) is True
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +127,17 @@ def test_split_halves_are_disjoint_and_their_masks_match_their_folders(tmp_path)
         assert mask.any() == (defect in DEFECT_TYPES)
     with pytest.raises(ValueError, match="half must be"):
         textures.split_image_paths(tmp_path, "gravel", half="train")
+
+
+def test_the_split_halves_of_a_version_2_category_are_the_datamodules(tmp_path):
+    datamodule = RgiTextures(root=tmp_path, category="fabric", version=2, **SMALL)
+    datamodule.prepare_data()
+    datamodule.setup()
+    halves = {half: textures.split_image_paths(tmp_path / "v2", "fabric", half=half) for half in ("validation", "test")}
+    assert {path.resolve() for path in halves["validation"]} == {
+        Path(path).resolve() for path in datamodule.val_data.samples.image_path
+    }
+    assert len(halves["test"]) == len(datamodule.test_data)
 
 
 # Version 2: faint, soft and coloured defects, beside version 1 unchanged.

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from anomalib.data import ImageBatch
-from anomalib.metrics import F1Score
+from anomalib.metrics import F1Max, F1Score
+from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_rgi.metrics import (
     Dice,
@@ -15,6 +16,7 @@ from anomalib_rgi.metrics import (
     best_dataset_dice,
     best_dice_per_image,
     quality_per_defect,
+    ranking_quality,
 )
 
 
@@ -77,6 +79,20 @@ def test_best_dataset_dice_matches_f1max_by_hand():
     truth = np.array([1, 0, 1, 0, 0], dtype=bool)
     # thresholds keep the top k: k=1 -> 2/3, k=2 -> 2/4, k=3 -> 4/5, k=4 -> 4/6, k=5 -> 4/7
     assert best_dataset_dice(scores, truth) == pytest.approx(0.8)
+
+
+def test_ranking_quality_matches_anomalibs_auroc_and_f1max_with_ties():
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.rand(4000, generator=generator) < 0.1
+    # Most good pixels at exactly 0, as a map above a floor is; defects higher on average.
+    scores = torch.where(truth, torch.rand(4000, generator=generator), torch.rand(4000, generator=generator) - 0.6)
+    scores = scores.clamp(min=0).round(decimals=2)
+    auroc, dice = ranking_quality(scores, truth)
+    assert auroc == pytest.approx(float(binary_auroc(scores, truth.long())), abs=1e-6)
+    f1max = F1Max(fields=["anomaly_map", "gt_mask"])
+    f1max.update(_batch(anomaly_map=scores.view(1, 40, 100), gt_mask=truth.view(1, 40, 100)))
+    assert dice == pytest.approx(float(f1max.compute()), abs=1e-6)
+    assert best_dataset_dice(scores, truth) == dice
 
 
 def three_images_two_defects() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

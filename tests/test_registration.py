@@ -166,7 +166,7 @@ def test_shipped_benchmark_grid_runs_and_reports_dice(tiny_data_root, tmp_path):
     """``configs/benchmark/rgi.yaml`` as shipped (its grid of settings), at tiny sizes and on one category."""
     shipped = yaml.safe_load((Path(__file__).parents[1] / "configs/benchmark/rgi.yaml").read_text())
     benchmark = shipped["benchmark"]
-    prior = {**TINY_MODEL["prior"], "feature_prior_steps": 5}
+    prior = TINY_MODEL["prior"]
     benchmark["model"]["init_args"].update({**TINY_MODEL, "prior": prior, "select_epoch_every": 1})
     benchmark["data"]["init_args"].update({**TINY_DATA, "root": str(tiny_data_root), "category": {"grid": ["grass"]}})
     config = tmp_path / "benchmark.yaml"

@@ -48,7 +48,7 @@ def prepared_model(checkpoint: str, data_root: str, category: str, recalibrate: 
         data.prepare_data()
         data.setup()
         good = torch.cat([batch.image for batch in data.train_dataloader()])
-        model.model.prepare_feature_parts(good, model.prior_settings["feature_prior_steps"])
+        model.model.prepare_feature_parts(good)
     return model
 
 

@@ -67,7 +67,7 @@ def main() -> None:
     good = torch.cat([batch.image for batch in data.train_dataloader()])
     net = model.model
     if net.unprepared_parts:
-        net.prepare_feature_parts(good, model.prior_settings["feature_prior_steps"])
+        net.prepare_feature_parts(good)
     amap = net.anomaly_map
     printed_header = False
     for sigma, window in itertools.product(args.sigmas, args.windows):

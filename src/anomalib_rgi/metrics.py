@@ -192,23 +192,46 @@ class PerImageBestDice(AnomalibMetric, _PerImageBestDiceScore):  # type: ignore[
     default_fields = ("anomaly_map", "gt_mask")
 
 
-def best_dataset_dice(scores: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> float:
-    """Dataset-level Dice at the best single threshold (what ``F1Max`` computes), from flat arrays.
+def ranking_quality(scores: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> tuple[float, float]:
+    """AUROC and dataset-level Dice at the best single threshold (``F1Max``), from one sort of flat arrays.
+
+    Tied scores are one threshold, as anomalib's ``AUROC`` and ``F1Max`` take them: a map that is 0
+    over most good pixels cannot claim a threshold inside that plateau. A fit's validation scores
+    dozens of candidate maps this way, where the two metrics would sort every map twice.
 
     Args:
         scores (torch.Tensor | np.ndarray): Anomaly scores of all pixels of all images.
-        truth (torch.Tensor | np.ndarray): Ground truth of the same pixels.
+        truth (torch.Tensor | np.ndarray): Ground truth of the same pixels (both classes present).
 
     Returns:
-        float: ``max over t of 2 TP(t) / (P(t) + positives)``.
+        tuple[float, float]: The AUROC and ``max over t of 2 TP(t) / (P(t) + positives)``.
 
     """
-    scores = torch.as_tensor(np.asarray(scores)).flatten()
+    scores = torch.as_tensor(np.asarray(scores)).flatten().float()
     truth = torch.as_tensor(np.asarray(truth)).flatten().double()
-    order = torch.argsort(scores, descending=True, stable=True)
+    ordered, order = torch.sort(scores, descending=True)
     hits = torch.cumsum(truth[order], dim=0)
-    predicted = torch.arange(1, len(scores) + 1, dtype=torch.double)
-    return float((2 * hits / (predicted + truth.sum())).max())
+    last_of_tie = torch.ones_like(ordered, dtype=torch.bool)
+    last_of_tie[:-1] = ordered[1:] != ordered[:-1]
+    true_positives = hits[last_of_tie]
+    predicted = torch.nonzero(last_of_tie).squeeze(1).double() + 1
+    false_positives = predicted - true_positives
+    positives, negatives = true_positives[-1], false_positives[-1]
+    dice = float((2 * true_positives / (predicted + positives)).max())
+    zero = torch.zeros(1, dtype=torch.double)
+    recall = torch.cat([zero, true_positives / positives])
+    fallout = torch.cat([zero, false_positives / negatives])
+    return float(torch.trapezoid(recall, fallout)), dice
+
+
+def best_dataset_dice(scores: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> float:
+    """Dataset-level Dice at the best single threshold (what ``F1Max`` computes), from flat arrays.
+
+    Returns:
+        float: ``max over t of 2 TP(t) / (P(t) + positives)`` (:func:`ranking_quality`).
+
+    """
+    return ranking_quality(scores, truth)[1]
 
 
 def quality_per_defect(

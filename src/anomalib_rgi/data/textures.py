@@ -278,7 +278,10 @@ def split_image_paths(data_root: Path | str, category: str, limit: int | None = 
     if half != "all":
         from .datamodule import RgiTextures  # noqa: PLC0415  (imports anomalib; only needed for a half)
 
-        datamodule = RgiTextures(root=data_root, category=category)
+        # Read as built: a version-2 category (the fabric) is unknown to version 1's datamodule.
+        version = json.loads((root / "build.json").read_text()).get("version", 1)
+        datamodule = RgiTextures(root=data_root, category=category, version=version)
+        datamodule.root = Path(data_root)  # this folder itself, not its v2 subfolder
         datamodule.setup()
         dataset = datamodule.val_data if half == "validation" else datamodule.test_data
         chosen = {Path(path).resolve() for path in dataset.samples.image_path}

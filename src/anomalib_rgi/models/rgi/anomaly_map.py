@@ -252,7 +252,8 @@ class AnomalyMap(nn.Module):
         self.feature_distance = FeatureDistance() if any(uses[part] for part in FEATURE_PARTS) else None
         self.feature_prior = None
         if uses["feature_prior"]:
-            self.feature_prior = FeaturePrior(sum(self.feature_distance.features.feature_info.channels()))
+            channels = sum(self.feature_distance.features.feature_info.channels())
+            self.feature_prior = FeaturePrior(channels, grid=2 * image_size // 8)  # embed's grid at 2 x image_size
         self.candidates = options if len(options) > 1 else []  # empty: the map is fixed
         start = options[0]
         floor = float("nan") if self.learn_floor else 0.0

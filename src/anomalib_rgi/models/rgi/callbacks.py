@@ -172,13 +172,11 @@ class FeaturePartsPreparation(Callback):
     Scoring with another weight, or with the mask alone, learns them again too.
 
     Args:
-        feature_prior_steps (int): Adam steps that fit the feature prior.
         feature_prior_tiles (int): Training tiles the feature prior is fitted on, at most.
 
     """
 
-    def __init__(self, feature_prior_steps: int, feature_prior_tiles: int = 512) -> None:
-        self.feature_prior_steps = feature_prior_steps
+    def __init__(self, feature_prior_tiles: int = 512) -> None:
         self.feature_prior_tiles = feature_prior_tiles
 
     def on_train_start(self, trainer: Trainer, pl_module: Rgi) -> None:
@@ -189,7 +187,7 @@ class FeaturePartsPreparation(Callback):
         prior = pl_module.model.anomaly_map.feature_prior
         if prior is None or prior.fitted or (images := self._prior_images(trainer, pl_module)) is None:
             return
-        pl_module.model.fit_feature_prior(images, self.feature_prior_steps)
+        pl_module.model.fit_feature_prior(images)
         logger.info("Rgi: feature prior fitted on %d training images.", len(images))
 
     def on_validation_start(self, trainer: Trainer, pl_module: Rgi) -> None:
@@ -230,7 +228,7 @@ class FeaturePartsPreparation(Callback):
             return False
         if (images := self._prior_images(trainer, pl_module)) is None:
             return False
-        weighed = pl_module.model.prepare_feature_parts(images, self.feature_prior_steps)
+        weighed = pl_module.model.prepare_feature_parts(images)
         logger.info("Rgi: the map's added parts fitted and calibrated on %d training images.", len(images))
         return weighed
 

@@ -114,7 +114,8 @@ def match_map_state(
     """Let a prior be scored with whichever map a model names, whatever it was fitted with (in place).
 
     The feature network's weights are fixed ImageNet ones: a checkpoint without them gets the model's;
-    one with them, loaded into a model without that part, drops them. A part the prior was fitted
+    one with them, loaded into a model without that part, drops them. An earlier version's feature
+    prior (an autoencoder) is dropped, and this version's is fitted when scoring starts. A part the prior was fitted
     without has no calibrated scale (NaN: scoring prepares it on the training images). A fixed map
     keeps the model's own weights; a map chosen on validation and a learned floor come from ``state``.
 
@@ -131,6 +132,10 @@ def match_map_state(
     """
     prefix = "model.anomaly_map."
     own = {name: value for name, value in own.items() if name.startswith(prefix)}
+    if f"{prefix}feature_prior.encoder.0.weight" in state:
+        # Earlier versions' feature prior was an autoencoder: scoring fits this version's in its place.
+        for name in [name for name in state if name.startswith(f"{prefix}feature_prior.")]:
+            del state[name]
     for name in [name for name in state if name.startswith(prefix) and name not in own]:
         del state[name]
     for name, value in own.items():

@@ -55,7 +55,7 @@ from .inversion import InversionResult
 from .loss import CriticLoss, GeneratorLoss, corrupt
 from .map_selection import KeptBatch, choose_settings, learn_thresholds, weighed_batch
 from .networks import sample_diversity
-from .settings import ADVANCED_SOLVER, PRIOR_DEFAULTS, advanced_settings, check_arguments, plain
+from .settings import ADVANCED_SOLVER, PRIOR_DEFAULTS, advanced_settings, check_arguments, plain, without_retired
 from .torch_model import RgiModel
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
         prior (dict[str, Any] | None): Advanced: the GAN prior's architecture and training, over
             :data:`~.checkpoint.PRIOR_DEFAULTS` (``latent_stride``, ``latent_channels``, ``base_channels``,
             ``lr``, ``adversarial_weight``, ``reconstruction_weight``, ``min_sample_diversity`` and
-            ``collapse_patience`` of the mode-collapse stop, ``feature_prior_steps``).
+            ``collapse_patience`` of the mode-collapse stop).
         solver (dict[str, Any] | None): Advanced: the inversion's other settings (``lr`` of ``z``,
             ``mask_lr``, ``mask_solver`` "adam" / "closed_form" / "none", ``critic_weight``,
             ``finetune_lr``, ``latent_init`` "encoder" / "pool", ``pool_size``); docs/settings.md.
@@ -149,7 +149,8 @@ class Rgi(RgiExportMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        prior, solver, feature_weight = plain(prior), plain(solver), plain(feature_weight)  # saved below
+        prior = without_retired(plain(prior))  # saved below, as the fit uses it
+        solver, feature_weight = plain(solver), plain(feature_weight)
         prior_settings = advanced_settings("prior", prior, PRIOR_DEFAULTS)
         solver_settings = advanced_settings("solver", solver, ADVANCED_SOLVER)
         check_arguments(max_epochs, mask_floor_quantile, select_epoch_every, prior_settings)
@@ -190,7 +191,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
         """
         callbacks = [
             *super().configure_callbacks(),
-            FeaturePartsPreparation(self.prior_settings["feature_prior_steps"]),
+            FeaturePartsPreparation(),
         ]
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         if not fitting:
@@ -357,13 +358,18 @@ class Rgi(RgiExportMixin, AnomalibModule):
             raise PriorDivergedError(msg)
 
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Batch, batch_idx: int) -> None:
-        """After an epoch's last step, match the added parts' scales to the prior it now has.
+        """After the last step of an epoch that validates, match the added parts' scales to the prior it now has.
 
         Validation and the epoch's checkpoint both come after this; every DDP process takes the mean (of
-        the coarse residual's centre and spread too).
+        the coarse residual's centre and spread too). Only a validated epoch can be kept, so the epochs
+        between validations skip the calibration (an epoch's checkpoint keeps the scales of the last
+        validated one until then).
         """
         del outputs, batch, batch_idx
         if not self.model.anomaly_map.scales() or not self.trainer.is_last_batch:
+            return
+        validates = (self.current_epoch + 1) % self.trainer.check_val_every_n_epoch == 0
+        if not validates and not is_last_epoch(self.trainer):
             return
         scales = self.model.calibrate_feature_scale(self._calibration_images)
         for name, buffer in self.model.anomaly_map.scales().items():

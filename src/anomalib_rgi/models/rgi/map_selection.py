@@ -17,10 +17,11 @@ from collections.abc import Iterable
 from types import SimpleNamespace
 
 import torch
-from anomalib.metrics import F1Max
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics.functional.classification import binary_auroc
+
+from anomalib_rgi.metrics import ranking_quality
 
 from .anomaly_map import FLOOR_OF, FLOORS, MapSettings, describe_map, image_score, scored_as, weigh, weigh_maps
 
@@ -67,19 +68,11 @@ def weighed_batch(
     )
 
 
-def validation_dice(kept: list[KeptBatch], settings: MapSettings) -> float:
-    """Dataset-level Dice at the best threshold (``val_pixel_F1Max``) of the map these settings give."""
-    dice = F1Max(fields=["anomaly_map", "gt_mask"])
-    for parts, gt_mask, _ in kept:
-        dice.update(weighed_batch(parts, settings, torch.device("cpu"), gt_mask.cpu()))
-    return float(dice.compute())
-
-
-def validation_pixel_auroc(kept: list[KeptBatch], settings: MapSettings) -> float:
-    """Pixel AUROC of the map these settings give, over every kept validation pixel."""
+def validation_pixel_quality(kept: list[KeptBatch], settings: MapSettings) -> tuple[float, float]:
+    """Pixel AUROC and dataset-level Dice at the best threshold (``val_pixel_F1Max``) of these settings' map."""
     maps = torch.cat([weigh(parts, settings).flatten() for parts, _, _ in kept])
-    truth = torch.cat([gt_mask.cpu().flatten() for _, gt_mask, _ in kept]).long()
-    return float(binary_auroc(maps, truth))
+    truth = torch.cat([gt_mask.cpu().flatten() for _, gt_mask, _ in kept])
+    return ranking_quality(maps, truth)
 
 
 def validation_image_auroc(kept: list[KeptBatch], settings: MapSettings) -> float | None:
@@ -138,10 +131,9 @@ def choose_settings(
     if not masked:
         return settings, None, {}
     if not candidates:
-        return settings, validation_dice(kept, settings), {}
+        return settings, validation_pixel_quality(kept, settings)[1], {}
     options = [scored_as(settings | weights, weights) for weights in candidates]
-    dice = [validation_dice(kept, option) for option in options]
-    pixel_auroc = [validation_pixel_auroc(kept, option) for option in options]
+    pixel_auroc, dice = zip(*(validation_pixel_quality(kept, option) for option in options), strict=True)
     image_auroc = [validation_image_auroc(kept, option) for option in options]
     eligible = [i for i, value in enumerate(pixel_auroc) if value >= max(pixel_auroc) - PIXEL_AUROC_TOLERANCE]
     best = max(eligible, key=dice.__getitem__)

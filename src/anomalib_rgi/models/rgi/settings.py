@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,9 +18,10 @@ PRIOR_DEFAULTS: dict[str, Any] = {
     "reconstruction_weight": 10.0,
     "min_sample_diversity": 0.2,
     "collapse_patience": 20,
-    "feature_prior_steps": 1000,
     "faint_corruptions": False,
 }
+# Prior settings earlier versions had: configs and checkpoints that give one still load, without it.
+RETIRED_PRIOR = {"feature_prior_steps": "the feature prior is now fitted in closed form, in about a second"}
 SOLVER_ARGUMENTS = ("lam", "steps", "finetune_steps")  # solver settings that are Rgi arguments of their own
 ADVANCED_SOLVER = {
     **{name: value for name, value in SOLVER_DEFAULTS.items() if name not in SOLVER_ARGUMENTS},
@@ -39,6 +41,15 @@ def plain(value: Any) -> Any:  # noqa: ANN401  (any config value)
     if isinstance(value, Sequence) and not isinstance(value, str):
         return [plain(item) for item in value]
     return value
+
+
+def without_retired(prior: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Return ``prior`` without the settings earlier versions had, warning about each one given."""
+    if not isinstance(prior, dict):
+        return prior
+    for name in sorted(set(prior) & set(RETIRED_PRIOR)):
+        warnings.warn(f"prior setting {name!r} is no longer used: {RETIRED_PRIOR[name]}.", FutureWarning, stacklevel=3)
+    return {name: value for name, value in prior.items() if name not in RETIRED_PRIOR}
 
 
 def advanced_settings(name: str, given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -74,10 +85,9 @@ def check_arguments(max_epochs: int, quantile: float, every: int, prior: dict[st
             f"{every}: the last epoch must be validated for its thresholds."
         )
         raise ValueError(msg)
-    for name in ("feature_prior_steps", "collapse_patience"):
-        if prior[name] < 1:
-            msg = f"prior {name} must be at least 1, got {prior[name]}."
-            raise ValueError(msg)
+    if prior["collapse_patience"] < 1:
+        msg = f"prior collapse_patience must be at least 1, got {prior['collapse_patience']}."
+        raise ValueError(msg)
     for name in ("lr", "adversarial_weight", "reconstruction_weight"):
         if not prior[name] >= 0 or (name == "lr" and not prior[name] > 0):
             msg = f"prior {name} must be {'positive' if name == 'lr' else '0 or positive'}, got {prior[name]}."

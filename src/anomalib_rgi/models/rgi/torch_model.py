@@ -212,7 +212,7 @@ class RgiModel(nn.Module):
             )
 
     @torch.no_grad()
-    def fit_feature_prior(self, images: torch.Tensor, steps: int = 1000) -> None:
+    def fit_feature_prior(self, images: torch.Tensor) -> None:
         """Fit the map's feature prior on the embeddings of defect-free ``images`` (in [0, 1], any count).
 
         Raises:
@@ -226,7 +226,7 @@ class RgiModel(nn.Module):
         tiles = self.tile(images)
         embed = anomaly_map.feature_distance.embed
         embeddings = torch.cat([embed(batch, 2 * self.image_size) for batch in tiles.split(32)])
-        anomaly_map.feature_prior.fit(embeddings, steps)
+        anomaly_map.feature_prior.fit(embeddings)
 
     @property
     def unprepared_parts(self) -> set[str]:
@@ -237,7 +237,7 @@ class RgiModel(nn.Module):
             unready.add("feature_prior")  # its scale, if any, belongs to the weights it is about to replace
         return unready
 
-    def prepare_feature_parts(self, images: torch.Tensor, feature_prior_steps: int = 1000) -> bool:
+    def prepare_feature_parts(self, images: torch.Tensor) -> bool:
         """Fit the feature prior if unfitted and calibrate the unprepared added parts, on defect-free ``images``.
 
         Parts calibrated already keep their scales: the map they give, and its thresholds, stay as fitted.
@@ -245,7 +245,6 @@ class RgiModel(nn.Module):
         Args:
             images (torch.Tensor): Good images in [0, 1] (the feature prior is fitted on all, the
                 scales are calibrated on the first 32).
-            feature_prior_steps (int): Adam steps that fit the feature prior.
 
         Returns:
             bool: Whether a part the map weighs was prepared now (thresholds learned before then
@@ -257,7 +256,7 @@ class RgiModel(nn.Module):
             return False
         prior = self.anomaly_map.feature_prior
         if prior is not None and not prior.fitted:
-            self.fit_feature_prior(images, feature_prior_steps)
+            self.fit_feature_prior(images)
         self.calibrate_feature_scale(images[:32], unready)
         return bool(unready & self.anomaly_map.weighted_parts())
 

@@ -1,0 +1,169 @@
+"""Export an Rgi checkpoint and PatchCore with ``anomalib export``, and time both on the line's path.
+
+For one built-in category: exports the Rgi checkpoint to OpenVINO with the stock command (``anomalib
+export --model anomalib_rgi.Rgi --export_type openvino --ckpt_path <ckpt>``), timing the build; fits
+PatchCore (EfficientNet-Lite0 weights shipped offline, as ``scripts/compare_peers.py`` builds it) and
+exports it the same way; then scores the category's test crops (128 px) one at a time, batch 1,
+through anomalib's ``OpenVINOInferencer`` in this process, and prints the median and 90th percentile
+ms per image of each model and their ratio. Both models run under the same OpenVINO settings
+(``--precision``, default f32; ``--threads``, default every core), after ``--warmup`` untimed images.
+``--layers`` also prints the Rgi graph's slowest operation types (OpenVINO's per-layer counters).
+
+    python scripts/benchmark_export.py --checkpoint results/.../model.ckpt --category brick --out results/export-times
+
+Writes ``times.json`` and ``table.md`` under ``--out`` (which must not hold them yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from anomalib.deploy import ExportType, OpenVINOInferencer
+from anomalib.engine import Engine
+
+from anomalib_rgi import RgiTextures
+from anomalib_rgi.data.textures import categories, load_test_split
+from anomalib_rgi.reporting import machine, markdown_table
+
+ANOMALIB = Path(sys.executable).with_name("anomalib")
+
+
+def export_rgi(checkpoint: Path, out: Path) -> tuple[Path, float]:
+    """Export with the stock command; return the OpenVINO model and the seconds the command took.
+
+    Raises:
+        RuntimeError: If the export fails; the message holds the end of its output.
+
+    """
+    command = [str(ANOMALIB), "export", "--model", "anomalib_rgi.Rgi", "--export_type", "openvino"]
+    command += ["--ckpt_path", str(checkpoint), "--default_root_dir", str(out)]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    models = sorted(out.glob("**/openvino/model.xml"))
+    if result.returncode != 0 or not models:
+        msg = f"anomalib export failed ({result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}"
+        raise RuntimeError(msg)
+    return models[0], seconds
+
+
+def fit_and_export_patchcore(category: str, data_root: Path, version: int, out: Path) -> tuple[Path, float, float]:
+    """Fit PatchCore on the category's training crops and export it; return the model, fit and export seconds."""
+    from anomalib.models import Patchcore
+
+    from anomalib_rgi.backbones import load_efficientnet_lite0
+
+    model = Patchcore(backbone="efficientnet_lite0", layers=["blocks.2", "blocks.4"], pre_trained=False)
+    load_efficientnet_lite0(model.model.feature_extractor.feature_extractor)
+    datamodule = RgiTextures(root=data_root, category=category, version=version)
+    engine = Engine(default_root_dir=out, accelerator="cpu", devices=1, logger=False)
+    started = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    path = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=out / "export")
+    return Path(path), fit_seconds, time.perf_counter() - started
+
+
+def time_inferencer(model: Path, images: np.ndarray, config: dict, warmup: int) -> dict[str, float]:
+    """Median and 90th-percentile ms per image of ``OpenVINOInferencer.predict``, batch 1."""
+    inferencer = OpenVINOInferencer(path=model, device="CPU", config=config)
+    for image in images[:warmup]:
+        inferencer.predict(image)
+    times = []
+    for image in images:
+        started = time.perf_counter()
+        inferencer.predict(image)
+        times.append(1000 * (time.perf_counter() - started))
+    return {"median ms": float(np.median(times)), "p90 ms": float(np.percentile(times, 90))}
+
+
+def slowest_layers(model: Path, image: np.ndarray, config: dict, count: int = 12) -> list[tuple[str, float]]:
+    """Milliseconds per operation type of one inference (OpenVINO's performance counters), slowest first."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(model), "CPU", {**config, "PERF_COUNT": "YES"})
+    request = compiled.create_infer_request()
+    batch = image.transpose(2, 0, 1)[None].astype(np.float32)
+    for _ in range(5):
+        request.infer({0: batch})
+    totals: dict[str, float] = defaultdict(float)
+    for info in request.get_profiling_info():
+        totals[info.node_type] += info.real_time.total_seconds() * 1000
+    return sorted(totals.items(), key=lambda item: -item[1])[:count]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export and time both models; write the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="an Rgi model.ckpt")
+    parser.add_argument("--category", default="brick")
+    parser.add_argument("--data-version", type=int, default=2, choices=(1, 2))
+    parser.add_argument("--data-root", type=Path, default=Path("datasets/rgi_textures"))
+    parser.add_argument("--precision", default="f32", choices=("f32", "bf16"), help="OpenVINO inference precision")
+    parser.add_argument("--threads", type=int, default=None, help="OpenVINO inference threads (default: every core)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--no-patchcore", action="store_true", help="time the Rgi export only")
+    parser.add_argument("--layers", action="store_true", help="print the Rgi graph's slowest operation types")
+    parser.add_argument("--out", type=Path, default=Path("results/export-times"))
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+    if args.category not in categories(args.data_version):
+        known = list(categories(args.data_version))
+        parser.error(f"--category {args.category}: version {args.data_version} has {known}")
+    table = args.out / "table.md"
+    if table.exists():
+        parser.error(f"{args.out} already holds a table: give another --out")
+    args.out.mkdir(parents=True, exist_ok=True)
+    config = {"INFERENCE_PRECISION_HINT": args.precision}
+    if args.threads:
+        config["INFERENCE_NUM_THREADS"] = args.threads
+    root = args.data_root / "v2" if args.data_version == 2 else args.data_root
+    RgiTextures(root=args.data_root, category=args.category, version=args.data_version).prepare_data()
+    images, _ = load_test_split(root, args.category, half="test")
+    crops = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3) in [0, 1], as the inferencer reads arrays
+
+    rows = []
+    rgi_model, export_seconds = export_rgi(args.checkpoint, args.out / "rgi")
+    timed = time_inferencer(rgi_model, crops, config, args.warmup)
+    rows.append({"model": "Rgi", "export s": round(export_seconds, 1), **timed})
+    if not args.no_patchcore:
+        patchcore, fit_seconds, export_seconds = fit_and_export_patchcore(
+            args.category, args.data_root, args.data_version, args.out / "patchcore"
+        )
+        timed = time_inferencer(patchcore, crops, config, args.warmup)
+        seconds = {"fit s": round(fit_seconds, 1), "export s": round(export_seconds, 1)}
+        rows.append({"model": "PatchCore", **seconds, **timed})
+        rows[0]["ratio to PatchCore"] = round(rows[0]["median ms"] / timed["median ms"], 2)
+    for row in rows:
+        row |= {key: round(value, 2) for key, value in row.items() if key.endswith(" ms")}
+        print(json.dumps(row), flush=True)
+    header = (
+        f"`python scripts/benchmark_export.py --checkpoint {args.checkpoint} --category {args.category}`; "
+        f"{machine()}; OpenVINOInferencer, batch 1, {len(crops)} test crops of 128 px, {args.precision}."
+    )
+    columns = ["model", "fit s", "export s", "median ms", "p90 ms", "ratio to PatchCore"]
+    text = markdown_table(rows, columns, header)
+    if args.layers:
+        layers = slowest_layers(rgi_model, crops[0], config)
+        text += (
+            "\nRgi graph, ms per operation type (one image):\n\n"
+            + "\n".join(f"- {name}: {ms:.2f}" for name, ms in layers)
+            + "\n"
+        )
+    (args.out / "times.json").write_text(json.dumps(rows, indent=1))
+    table.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
