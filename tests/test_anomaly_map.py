@@ -10,11 +10,19 @@ import pytest
 import torch
 from anomalib.engine import Engine
 from anomalib.metrics import AUROC, Evaluator, F1Max
+from anomalib.models.components import GaussianBlur2d
 
 from anomalib_rgi import Rgi
 from anomalib_rgi.data import RgiTextures
 from anomalib_rgi.data.textures import load_photograph
-from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS, AnomalyMap, map_kind, weigh
+from anomalib_rgi.models.rgi.anomaly_map import (
+    ADDED_PARTS,
+    AnomalyMap,
+    SeparableGaussianBlur,
+    map_kind,
+    weigh,
+    window_mean,
+)
 from anomalib_rgi.models.rgi.checkpoint import match_map_state
 from anomalib_rgi.models.rgi.feature_parts import FeatureDistance, FeaturePrior
 from anomalib_rgi.models.rgi.map_selection import (
@@ -511,3 +519,11 @@ def test_a_settings_buffer_no_version_wrote_is_refused():
     own_state = {f"model.anomaly_map.{name}": value for name, value in own.state_dict().items()}
     with pytest.raises(ValueError, match="5 entries"):
         match_map_state(state, own_state, fixed_map=False, floor_learned=True)
+
+
+def test_the_maps_separable_filters_equal_anomalibs_blur_and_the_clipped_window_mean():
+    maps = torch.rand(2, 1, 48, 40)
+    torch.testing.assert_close(SeparableGaussianBlur(4.0)(maps), GaussianBlur2d(sigma=4.0, channels=1)(maps))
+    images = torch.rand(2, 3, 48, 40)
+    one_pass = torch.nn.functional.avg_pool2d(images, 33, stride=1, padding=16, count_include_pad=False)
+    torch.testing.assert_close(window_mean(images, 33), one_pass)

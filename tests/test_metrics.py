@@ -11,6 +11,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_rgi.metrics import (
     Dice,
+    EscapeRate,
     PerImageBestDice,
     QuantizationMetric,
     best_dataset_dice,
@@ -133,3 +134,14 @@ def test_quantization_metric_takes_one_image_labels_and_scores_each_run_on_its_o
     assert metric.compute().item() == pytest.approx(2 / 3)
     metric.update(one_image(True, True))
     assert metric.compute().item() == pytest.approx(1.0)
+
+
+def test_escape_rate_counts_unflagged_defective_images_only():
+    batch = ImageBatch(
+        image=torch.zeros(6, 3, 2, 2),
+        pred_label=torch.tensor([1, 0, 1, 0, 0, 1]),
+        gt_label=torch.tensor([0, 0, 1, 1, 1, 1]),
+    )
+    metric = EscapeRate(fields=["pred_label", "gt_label"], prefix="image_")
+    metric.update(batch)
+    assert metric.compute().item() == pytest.approx(0.5)  # two of four defective images pass

@@ -6,6 +6,7 @@ import pytest
 import torch
 from anomalib.data import ImageBatch
 from anomalib.engine import Engine
+from anomalib.metrics import F1AdaptiveThreshold
 from anomalib.models import Padim
 from lightning.pytorch import seed_everything
 
@@ -119,3 +120,13 @@ def test_budget_works_for_other_anomalib_models(tiny_data_root, tmp_path):
     predictions = engine.predict(model=model, dataloaders=datamodule.val_dataloader())
     pixels = torch.cat([batch.pred_mask.reshape(-1) for batch in predictions]).float()
     assert 0.04 < float(pixels.mean()) <= 0.05
+
+
+def test_without_a_pixel_budget_the_pixel_threshold_stays_anomalibs_f1():
+    post_processor = FalseAlarmPostProcessor(pixel_false_alarm_rate=None, image_false_alarm_rate=0.0)
+    assert isinstance(post_processor._pixel_threshold_metric, F1AdaptiveThreshold)
+    assert isinstance(post_processor._image_threshold_metric, FalseAlarmRateThreshold)
+    restored = FalseAlarmPostProcessor()
+    restored.load_checkpoint_config(post_processor.checkpoint_config())
+    assert restored.pixel_false_alarm_rate is None
+    assert isinstance(restored._pixel_threshold_metric, F1AdaptiveThreshold)

@@ -6,12 +6,21 @@ imports ``anomalib.models``.
 """
 
 from .data import RgiTextures
-from .metrics import Dice, FalseAlarmRate, PerImageBestDice
+from .metrics import Dice, EscapeRate, FalseAlarmRate, PerImageBestDice
 from .models import Rgi
 from .post_processing import FalseAlarmPostProcessor
 from .registration import register
 
-__all__ = ["Dice", "FalseAlarmPostProcessor", "FalseAlarmRate", "PerImageBestDice", "Rgi", "RgiTextures", "register"]
+__all__ = [
+    "Dice",
+    "EscapeRate",
+    "FalseAlarmPostProcessor",
+    "FalseAlarmRate",
+    "PerImageBestDice",
+    "Rgi",
+    "RgiTextures",
+    "register",
+]
 __version__ = "0.1.0"
 
 register()

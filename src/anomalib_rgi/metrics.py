@@ -89,6 +89,35 @@ class _FalseAlarmShare(Metric):
         return self.false_alarms.float() / self.normal if self.normal > 0 else torch.tensor(float("nan"))
 
 
+class _EscapeShare(Metric):
+    """Share of defective images (``labels`` 1) that are not flagged; NaN without defective images."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("escapes", "defective"):
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count the defective images left unflagged; ``preds`` is binarised at 0.5 if not boolean."""
+        flagged = _binarise(preds).reshape(-1)[labels.reshape(-1).bool()]
+        self.escapes += (~flagged).sum()
+        self.defective += flagged.numel()
+
+    def compute(self) -> torch.Tensor:
+        """Return the unflagged over the defective images."""
+        return self.escapes.float() / self.defective if self.defective > 0 else torch.tensor(float("nan"))
+
+
+class EscapeRate(AnomalibMetric, _EscapeShare):  # type: ignore[misc]
+    """Share of defective images (``pred_label``, ``gt_label``) that pass as good: the line's escapes.
+
+    Reported beside ``image_FalseAlarmRate`` (good parts rejected): an image threshold trades one
+    against the other.
+    """
+
+
 class FalseAlarmRate(AnomalibMetric, _FalseAlarmShare):  # type: ignore[misc]
     """Share of good images (``pred_label``, ``gt_label``) or of their pixels (``pred_mask``, ``gt_label``) flagged.
 

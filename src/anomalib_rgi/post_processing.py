@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 from anomalib.data import Batch
+from anomalib.metrics import F1AdaptiveThreshold
 from anomalib.metrics.threshold import Threshold
 from anomalib.post_processing import PostProcessor
 from torchmetrics.utilities import dim_zero_cat
@@ -122,8 +123,11 @@ class FalseAlarmPostProcessor(PostProcessor):
     """anomalib's post-processor with thresholds set by a false-alarm budget instead of F1.
 
     Args:
-        pixel_false_alarm_rate (float): Share of the pixels of good validation images flagged (default
-            0.001: one pixel in a thousand).
+        pixel_false_alarm_rate (float | None): Share of the pixels of good validation images flagged
+            (default 0.001: one pixel in a thousand). ``None``: the pixel threshold is anomalib's,
+            F1-optimal on validation images with defect masks: a line that has them keeps the
+            outline that fits them best and sets only its image threshold, which decides whether a
+            part is rejected, by its false-alarm budget.
         image_false_alarm_rate (float): Share of good validation images flagged (default 0:
             none, the highest good image's score, as anomalib does without defects).
         **kwargs: ``PostProcessor`` arguments (normalisation, sensitivities, threshold matching).
@@ -133,21 +137,27 @@ class FalseAlarmPostProcessor(PostProcessor):
 
     """
 
-    def __init__(self, pixel_false_alarm_rate: float = 1e-3, image_false_alarm_rate: float = 0.0, **kwargs) -> None:
-        pixel_false_alarm_rate = _check_rate("pixel_false_alarm_rate", pixel_false_alarm_rate)
+    def __init__(
+        self, pixel_false_alarm_rate: float | None = 1e-3, image_false_alarm_rate: float = 0.0, **kwargs
+    ) -> None:
         image_false_alarm_rate = _check_rate("image_false_alarm_rate", image_false_alarm_rate)
         super().__init__(**kwargs)
-        self._pixel_threshold_metric = FalseAlarmRateThreshold(pixel_false_alarm_rate, pixel=True)
+        self.pixel_false_alarm_rate = pixel_false_alarm_rate
         self._image_threshold_metric = FalseAlarmRateThreshold(image_false_alarm_rate, pixel=False)
 
     @property
-    def pixel_false_alarm_rate(self) -> float:
-        """Share of the pixels of good validation images the pixel threshold flags."""
-        return self._pixel_threshold_metric.rate
+    def pixel_false_alarm_rate(self) -> float | None:
+        """Share of the pixels of good validation images the pixel threshold flags (None: F1-optimal)."""
+        return getattr(self._pixel_threshold_metric, "rate", None)
 
     @pixel_false_alarm_rate.setter
-    def pixel_false_alarm_rate(self, rate: float) -> None:
-        self._pixel_threshold_metric.rate = _check_rate("pixel_false_alarm_rate", rate)
+    def pixel_false_alarm_rate(self, rate: float | None) -> None:
+        if rate is None:
+            self._pixel_threshold_metric = F1AdaptiveThreshold(fields=["anomaly_map", "gt_mask"], strict=False)
+        else:
+            self._pixel_threshold_metric = FalseAlarmRateThreshold(
+                _check_rate("pixel_false_alarm_rate", rate), pixel=True
+            )
 
     @property
     def image_false_alarm_rate(self) -> float:

@@ -37,7 +37,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Resize
 
-from anomalib_rgi.metrics import Dice, FalseAlarmRate, PerImageBestDice
+from anomalib_rgi.metrics import Dice, EscapeRate, FalseAlarmRate, PerImageBestDice
 from anomalib_rgi.visualization import RgiVisualizer
 
 from .anomaly_map import ADDED_PARTS, MapKind, describe_map, image_score, map_kind, weigh_maps
@@ -489,7 +489,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
         ``pixel_Dice`` is dataset-level at the learned threshold, ``pixel_F1Max`` the dataset-level
         Dice at the best single threshold, ``pixel_PerImageBestDice`` the paper's per-image oracle;
         ``image_FalseAlarmRate`` and ``pixel_FalseAlarmRate`` the shares of good images and of their
-        pixels flagged.
+        pixels flagged, ``image_EscapeRate`` the share of defective images passed as good.
         """
         test_metrics = [
             AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
@@ -501,6 +501,7 @@ class Rgi(RgiExportMixin, AnomalibModule):
             F1Max(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
             PerImageBestDice(prefix="pixel_", strict=False),
             FalseAlarmRate(fields=["pred_label", "gt_label"], prefix="image_"),
+            EscapeRate(fields=["pred_label", "gt_label"], prefix="image_"),
             FalseAlarmRate(fields=["pred_mask", "gt_label"], prefix="pixel_", strict=False),
         ]
         # Shows the validation Dice in every run's log; the model computes its own for its choices.
