@@ -20,6 +20,7 @@ into the same folder refuses to overwrite them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -86,6 +87,14 @@ class StageTimes(Callback):
         self._stop("test")
 
 
+def instantiate(value: object) -> object:
+    """A config's ``{class_path, init_args}`` value as the object ``anomalib train`` would build from it."""
+    if not (isinstance(value, dict) and "class_path" in value):
+        return value
+    module, _, name = value["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**value.get("init_args", {}))
+
+
 def build(config: dict, category: str, version: int, root: Path, tiny: bool) -> tuple[Rgi, RgiTextures]:
     """The config's model and datamodule for ``category``, as ``anomalib train --config`` builds them.
 
@@ -100,7 +109,7 @@ def build(config: dict, category: str, version: int, root: Path, tiny: bool) -> 
     if data_config.get("class_path") not in {"anomalib_rgi.RgiTextures", "RgiTextures"}:
         msg = f"--config must read anomalib_rgi.RgiTextures, got {data_config.get('class_path')!r}."
         raise ValueError(msg)
-    model_args = dict(model_config.get("init_args", {}))
+    model_args = {name: instantiate(value) for name, value in model_config.get("init_args", {}).items()}
     data_args = {**data_config.get("init_args", {}), "category": category, "version": version, "root": str(root)}
     if tiny:
         model_args |= {"max_epochs": 2, "select_epoch_every": 1, "steps": min(model_args.get("steps", 10), 2)}

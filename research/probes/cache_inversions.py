@@ -1,7 +1,7 @@
 """Cache one prior's inversions of a built-in category's validation and test halves, for map probes.
 
     python research/probes/cache_inversions.py CKPT CATEGORY OUT.pt [--data-root R] [--version 2]
-        [--steps N] [--finetune-steps N] [--splits val test]
+        [--steps N] [--finetune-steps N] [--mask-solver closed_form] [--splits val test]
 
 Writes, per split, the images, restorations, starts (G at the encoder's latent), masks, ground truth,
 labels and defect kinds, so candidate anomaly maps can be scored without inverting again.
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--version", type=int, default=2)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--finetune-steps", type=int)
+    parser.add_argument("--mask-solver", choices=("adam", "closed_form"), help="closed_form for 0 steps")
     parser.add_argument("--splits", nargs="+", default=["val", "test"], choices=("val", "test"))
     args = parser.parse_args()
     model = Rgi.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
@@ -35,6 +36,7 @@ def main() -> None:
         for k, v in {
             "steps": args.steps,
             "finetune_steps": args.finetune_steps,
+            "mask_solver": args.mask_solver,
         }.items()
         if v is not None
     }
