@@ -128,7 +128,7 @@ def test_an_export_over_the_time_budget_stops_at_once_and_says_what_to_export(ex
         model.to_openvino(export_root=tmp_path)
     message = str(stopped.value)
     assert f"unrolls {DEPLOYABLE_STEPS + 2} solver steps" in message
-    assert "configs/rgi_fast.yaml" in message
+    assert "configs/rgi.yaml" in message
     assert "anomalib export --model anomalib_rgi.Rgi --export_type openvino" in message
     assert not [path for path in tmp_path.rglob("*") if path.is_file()], "nothing is written"
 

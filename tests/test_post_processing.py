@@ -26,6 +26,14 @@ def _batch(maps: torch.Tensor, labels: list[int]) -> ImageBatch:
     )
 
 
+def test_a_budget_below_one_sample_extrapolates_a_normal_fit_above_the_highest_score():
+    scores = torch.linspace(-1.5, 1.5, 20)  # mean 0, deviation about 0.93
+    threshold = false_alarm_threshold(scores, 0.01)
+    assert float(threshold) == pytest.approx(2.326 * float(scores.std()), rel=1e-3)
+    assert threshold > scores.max()
+    assert false_alarm_threshold(scores, 0.0) == scores.max()
+
+
 @pytest.mark.parametrize(("rate", "flagged"), [(0.0, 0), (0.01, 1), (0.1, 10), (0.255, 25)])
 def test_threshold_flags_the_budgeted_share_strictly_above_it(rate, flagged):
     scores = torch.randperm(100).float()

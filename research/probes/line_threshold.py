@@ -1,6 +1,6 @@
 """Good parts rejected and defective parts passed, at the F1-optimal image threshold and at a false-alarm budget.
 
-    python research/probes/line_threshold.py CATEGORY=CKPT [CATEGORY=CKPT ...] --data-root R [--budgets 0 0.05]
+    python research/probes/line_threshold.py CATEGORY=CKPT [...] --data-root R [--budgets 0 0.01] [--with-f1]
 
 For each fitted checkpoint: learns the image threshold again on the validation half (``engine.validate``)
 with anomalib's post-processor (F1-optimal on a validation half with many defects) and with
@@ -26,11 +26,12 @@ def main() -> None:
     parser.add_argument("fits", nargs="+", type=category_checkpoint)
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.0])
+    parser.add_argument("--with-f1", action="store_true", help="also anomalib's F1-optimal image threshold")
     args = parser.parse_args()
     print("| category | image threshold | good rejected | defective passed | pixel Dice |")
     print("|---|---|---|---|---|")
     for category, checkpoint in args.fits:
-        rules = {"F1-optimal (anomalib)": PostProcessor}
+        rules = {"F1-optimal (anomalib)": PostProcessor} if args.with_f1 else {}
         for budget in args.budgets:
             rules[f"false-alarm budget {budget:g}"] = lambda budget=budget: FalseAlarmPostProcessor(
                 pixel_false_alarm_rate=None, image_false_alarm_rate=budget

@@ -49,6 +49,12 @@ def false_alarm_threshold(normal_scores: torch.Tensor, rate: float) -> torch.Ten
     the ``k+1``-th highest score with ``k = floor(rate * n)``; ``rate=0`` gives the highest score,
     anomalib's own fallback when validation holds no defect.
 
+    A rate below ``1 / n`` asks for fewer false alarms than the sample can show: the highest of ``n``
+    good scores is passed by about one unseen good part in ``n + 1``. The threshold is then the
+    ``1 - rate`` quantile of a normal fit of the scores (their mean plus ``z`` standard deviations),
+    if that lies above the highest: 20 good validation parts and a rate of 0.01 put it at the mean
+    plus 2.33 deviations, where the highest of 20 lies about 1.9 deviations above the mean.
+
     Args:
         normal_scores (torch.Tensor): Scores of good images or of their pixels, any shape.
         rate (float): Share in [0, 1) that may lie above the threshold.
@@ -66,7 +72,11 @@ def false_alarm_threshold(normal_scores: torch.Tensor, rate: float) -> torch.Ten
         msg = "No scores of good images to set a false-alarm threshold with: validate on some good images."
         raise ValueError(msg)
     allowed = int(rate * scores.numel())
-    return torch.topk(scores, allowed + 1, sorted=True).values[-1]
+    threshold = torch.topk(scores, allowed + 1, sorted=True).values[-1]
+    if rate > 0 and allowed == 0 and scores.numel() > 1:
+        z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - rate))
+        threshold = torch.maximum(threshold, scores.mean() + z.to(scores) * scores.std())
+    return threshold
 
 
 class FalseAlarmRateThreshold(Threshold):

@@ -44,7 +44,7 @@ aten = torch.ops.aten
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_S = 120.0
-DEPLOYABLE_STEPS = 10  # the fast preset's: never refused, however slow the machine
+DEPLOYABLE_STEPS = 10  # the default's (configs/rgi.yaml): never refused, however slow the machine
 # The whole export (trace, ONNX export, OpenVINO conversion) over the trace alone: 3.8 at 10 steps and
 # 5.1 at 20 on the main job's prior, 8 for each step added (research/notebook.md, 2026-12-06).
 EXPORT_OVER_TRACE = 5.0
@@ -208,8 +208,8 @@ def refuse_slow_export(estimate: Callable[[], float], steps: int, budget_s: floa
     msg = (
         f"Exporting this model unrolls {steps} solver steps into one graph: about {estimate_s / 60:.0f} min on "
         f"this machine, over the {budget_s:.0f} s budget, so nothing was written. A deployable model unrolls "
-        "few steps: fit the fast preset (10 steps) on the same data and export that prior:\n"
-        "    anomalib train --config configs/rgi_fast.yaml --data.init_args.category <category>\n"
+        "few steps: fit the default (10 steps) on the same data and export that prior:\n"
+        "    anomalib train --config configs/rgi.yaml --data.init_args.category <category>\n"
         "    anomalib export --model anomalib_rgi.Rgi --export_type openvino "
         "--ckpt_path results/Rgi/<data>/<category>/latest/weights/lightning/model.ckpt\n"
         "To build this graph anyway, set ANOMALIB_RGI_EXPORT_BUDGET_S above the estimate."
