@@ -34,18 +34,9 @@ from lightning.pytorch import Callback, seed_everything
 
 from anomalib_rgi import Rgi, RgiTextures
 from anomalib_rgi.data.textures import categories
-from anomalib_rgi.reporting import machine, markdown_table
+from anomalib_rgi.reporting import FIT_METRICS, machine, markdown_table
 
 STAGES = ("feature parts", "GAN epochs", "validations", "test", "fit")
-METRICS = (  # the table's columns; rows.json holds every test metric
-    "pixel_AUROC",
-    "pixel_AUPRO",
-    "pixel_Dice",
-    "pixel_F1Max",
-    "pixel_PerImageBestDice",
-    "image_AUROC",
-    "image_FalseAlarmRate",
-)
 
 
 class StageTimes(Callback):
@@ -175,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`python scripts/benchmark_fit.py --config {args.config} --data-version {args.data_version}`; "
         f"{machine()}, {torch.get_num_threads()} torch threads. Stage times in seconds."
     )
-    columns = ["category", "seed", "kept epoch", *STAGES, *METRICS, "anomaly map"]
+    columns = ["category", "seed", "kept epoch", *STAGES, *FIT_METRICS, "anomaly map"]
     partial = table.with_suffix(".md.partial")
     partial.write_text(markdown_table(rows, [c for c in columns if any(c in row for row in rows)], header))
     rows_file.write_text(json.dumps(rows, indent=1))

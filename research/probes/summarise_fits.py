@@ -13,16 +13,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-FIGURES = (
-    "pixel_AUROC",
-    "pixel_AUPRO",
-    "pixel_Dice",
-    "pixel_F1Max",
-    "pixel_PerImageBestDice",
-    "image_AUROC",
-    "image_FalseAlarmRate",
-    "image_EscapeRate",
-)
+from anomalib_rgi.reporting import FIT_METRICS
+
 TIMES = ("fit", "test")
 
 
@@ -43,11 +35,11 @@ def main() -> None:
     for path in args.rows:
         for row in json.loads(path.read_text()):
             by_category[row["category"]].append(row)
-    columns = [*FIGURES, *(f"{name} s" for name in TIMES)]
+    columns = [*FIT_METRICS, *(f"{name} s" for name in TIMES)]
     print("| category | seeds | " + " | ".join(columns) + " |")
     print("|---|---|" + "---|" * len(columns))
     for category, rows in by_category.items():
-        figures = [cell([row[name] for row in rows if name in row], 3) for name in FIGURES]
+        figures = [cell([row[name] for row in rows if name in row], 3) for name in FIT_METRICS]
         times = [cell([row[name] for row in rows if name in row], 0) for name in TIMES]
         seeds = ", ".join(str(row["seed"]) for row in rows)
         print(f"| {category} | {seeds} | " + " | ".join(figures + times) + " |")

@@ -67,58 +67,43 @@ class Dice(AnomalibMetric, _DiceScore):  # type: ignore[misc]
     default_fields = ("pred_mask", "gt_mask")
 
 
-class _FalseAlarmShare(Metric):
-    """Share of the predictions on good images (``labels`` 0) that flag a defect; NaN without good images."""
+class _MisjudgedShare(Metric):
+    """Share of the predictions on one kind of image that misjudge it; NaN without such images.
+
+    On good images (``labels`` 0) a flag is a false alarm; on defective ones, with ``on_defective``, a
+    missing flag is an escape.
+    """
 
     full_state_update = False
+    on_defective = False  # which images count: good ones (false alarms) or defective ones (escapes)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        for name in ("false_alarms", "normal"):
+        for name in ("misjudged", "judged"):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, labels: torch.Tensor) -> None:
-        """Count the flags on good images; ``preds`` (labels or masks) is binarised at 0.5 if not boolean."""
-        preds = _binarise(preds)
-        good = preds[~labels.reshape(-1).bool()]
-        self.false_alarms += good.sum()
-        self.normal += good.numel()
+        """Count the misjudged predictions; ``preds`` (labels or masks) is binarised at 0.5 if not boolean."""
+        chosen = _binarise(preds)[labels.reshape(-1).bool() == self.on_defective]
+        self.misjudged += (chosen != self.on_defective).sum()
+        self.judged += chosen.numel()
 
     def compute(self) -> torch.Tensor:
-        """Return the flags over the predictions on good images."""
-        return self.false_alarms.float() / self.normal if self.normal > 0 else torch.tensor(float("nan"))
+        """Return the misjudged over the counted predictions."""
+        return self.misjudged.float() / self.judged if self.judged > 0 else torch.tensor(float("nan"))
 
 
-class _EscapeShare(Metric):
-    """Share of defective images (``labels`` 1) that are not flagged; NaN without defective images."""
-
-    full_state_update = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        for name in ("escapes", "defective"):
-            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, preds: torch.Tensor, labels: torch.Tensor) -> None:
-        """Count the defective images left unflagged; ``preds`` is binarised at 0.5 if not boolean."""
-        flagged = _binarise(preds).reshape(-1)[labels.reshape(-1).bool()]
-        self.escapes += (~flagged).sum()
-        self.defective += flagged.numel()
-
-    def compute(self) -> torch.Tensor:
-        """Return the unflagged over the defective images."""
-        return self.escapes.float() / self.defective if self.defective > 0 else torch.tensor(float("nan"))
-
-
-class EscapeRate(AnomalibMetric, _EscapeShare):  # type: ignore[misc]
+class EscapeRate(AnomalibMetric, _MisjudgedShare):  # type: ignore[misc]
     """Share of defective images (``pred_label``, ``gt_label``) that pass as good: the line's escapes.
 
     Reported beside ``image_FalseAlarmRate`` (good parts rejected): an image threshold trades one
     against the other.
     """
 
+    on_defective = True
 
-class FalseAlarmRate(AnomalibMetric, _FalseAlarmShare):  # type: ignore[misc]
+
+class FalseAlarmRate(AnomalibMetric, _MisjudgedShare):  # type: ignore[misc]
     """Share of good images (``pred_label``, ``gt_label``) or of their pixels (``pred_mask``, ``gt_label``) flagged.
 
     The figure a false-alarm budget (:class:`~anomalib_rgi.FalseAlarmPostProcessor`) is checked

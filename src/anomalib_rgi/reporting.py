@@ -18,6 +18,17 @@ from anomalib_rgi.data import categories
 
 # anomalib's test metrics a peer comparison reports, and its table's columns.
 PEER_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_Dice", "pixel_F1Max", "pixel_PerImageBestDice")
+# The test metrics a fit's benchmark reports (scripts/benchmark_fit.py and the lab's summaries of it).
+FIT_METRICS = (
+    "pixel_AUROC",
+    "pixel_AUPRO",
+    "pixel_Dice",
+    "pixel_F1Max",
+    "pixel_PerImageBestDice",
+    "image_AUROC",
+    "image_FalseAlarmRate",
+    "image_EscapeRate",
+)
 PEER_COLUMNS = ["category", "model", "map", *PEER_METRICS, "fit_s", "ms_per_image", "score_ms_per_image", "peak_rss_mb"]
 # The solver settings a config may give Rgi, as arguments of its own or in its ``solver`` group.
 PRESET_SOLVER_KEYS = ("lam", "steps", "lr", "mask_lr", "mask_solver")

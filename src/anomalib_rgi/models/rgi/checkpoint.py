@@ -115,9 +115,10 @@ def match_map_state(
 
     The feature network's weights are fixed ImageNet ones: a checkpoint without them gets the model's;
     one with them, loaded into a model without that part, drops them. An earlier version's feature
-    prior (an autoencoder) is dropped, and this version's is fitted when scoring starts. A part the prior was fitted
-    without has no calibrated scale (NaN: scoring prepares it on the training images). A fixed map
-    keeps the model's own weights; a map chosen on validation and a learned floor come from ``state``.
+    prior (an autoencoder) is dropped, and this version's is fitted when scoring starts. A part the
+    prior was fitted without has no calibrated scale (NaN: scoring prepares it on the training
+    images). A fixed map keeps the model's own weights; a map chosen on validation and a learned floor
+    come from ``state``.
 
     Args:
         state (dict[str, torch.Tensor]): The checkpoint's state dict.
