@@ -1,10 +1,10 @@
 """Where an exported Rgi graph spends its time: the same checkpoint exported with parts left out.
 
-    python research/probes/export_parts.py CKPT --out DIR [--repeats 100]
+    python research/probes/export_parts.py CKPT --out DIR [--repeats 100] [--steps 1 2 5]
 
 Exports the checkpoint's model to OpenVINO as it is (its solver steps and its chosen map), then with
-0 solver steps (the closed-form mask of the start), then with each weighted part of its map left
-out, and times each graph on one random 128 px image, batch 1, f32, after 10 untimed calls. The
+0 solver steps (the closed-form mask of the start) and each of ``--steps``, then with each weighted
+part of its map left out, and times each graph on one random 128 px image, batch 1, f32, after 10 untimed calls. The
 differences between rows are what each piece costs.
 """
 
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--steps", type=int, nargs="*", default=[], help="further solver step counts to time")
     args = parser.parse_args()
     model = Rgi.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
     anomaly_map = model.model.anomaly_map
@@ -50,6 +51,8 @@ def main() -> None:
         "as fitted": ({}, shipped),
         "0 steps (closed-form mask)": ({"steps": 0, "mask_solver": "closed_form"}, shipped),
     }
+    for steps in args.steps:
+        variants[f"{steps} steps"] = ({"steps": steps}, shipped)
     for part in weighted:
         without = shipped | {part: 0.0} | {f"score_{part}": 0.0}
         variants[f"without {part}"] = ({}, without)

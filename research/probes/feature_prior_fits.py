@@ -2,10 +2,10 @@
 
     python research/probes/feature_prior_fits.py --data-root R --categories brick fabric grass gravel
         [--ae-steps 1000 200] [--pca 8 16 32] [--shrinkage 0.01 ...] [--per-position] [--window 3]
-        [--out rows.md]
+        [--input-size 256] [--out rows.md]
 
 Embeds the 240 good training crops and the validation half with the product's embedding
-(``FeatureDistance.embed`` at a 256 px network input), fits each candidate prior on the training
+(``FeatureDistance.embed`` at a 256 px network input, or ``--input-size``), fits each candidate prior on the training
 embeddings and scores the validation half with its residual alone, as the map reads it (upsampled,
 Gaussian sigma 4). Candidates: the autoencoder shipped before the closed form (:class:`AutoencoderPrior`)
 at each step count; the residual off a PCA subspace of the standardised embeddings (k components,
@@ -63,9 +63,9 @@ class AutoencoderPrior(torch.nn.Module):
         return (standard - self.generator(self.encoder(standard))).square().mean(dim=1, keepdim=True)
 
 
-def embed_all(features: FeatureDistance, images: torch.Tensor) -> torch.Tensor:
+def embed_all(features: FeatureDistance, images: torch.Tensor, size: int) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([features.embed(batch, 256) for batch in images.split(32)])
+        return torch.cat([features.embed(batch, size) for batch in images.split(32)])
 
 
 def linear_residual(
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--shrinkage", type=float, nargs="+", default=[0.01])
     parser.add_argument("--per-position", action="store_true", help="also: the centre per position")
     parser.add_argument("--window", type=int, default=1, help="also: Mahalanobis over window x window neighbourhoods")
+    parser.add_argument("--input-size", type=int, default=256, help="the network's input side in pixels")
     parser.add_argument("--out")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -149,8 +150,8 @@ def main() -> None:
         train = load_images(train_image_paths(root, category), 128)
         val_images, val_masks = load_test_split(root, category, half="validation")
         started = time.time()
-        train_embeddings = embed_all(features, train)
-        val_embeddings = embed_all(features, val_images)
+        train_embeddings = embed_all(features, train, args.input_size)
+        val_embeddings = embed_all(features, val_images, args.input_size)
         print(category, f"embedded {len(train)} + {len(val_images)} crops in {time.time() - started:.1f} s", flush=True)
         candidates = {}
         for steps in args.ae_steps:
