@@ -19,6 +19,7 @@ from anomalib_rgi.models.rgi.anomaly_map import (
     ADDED_PARTS,
     AnomalyMap,
     SeparableGaussianBlur,
+    gaussian_kernel,
     map_kind,
     weigh,
     window_mean,
@@ -122,7 +123,8 @@ def test_a_prior_trained_without_the_map_is_scored_with_it_only_after_calibratio
     engine, _, datamodule = fitted_with_features
     plain_path = _plain_checkpoint(engine, tmp_path)
     with_map = Rgi.load_from_checkpoint(plain_path, **DISTANCE).eval()
-    plain_threshold = float(with_map.post_processor.pixel_threshold)
+    plain_threshold = 123.0  # a threshold no map of these images reaches: it must be learned again
+    with_map.post_processor._pixel_threshold.fill_(plain_threshold)
     images = torch.rand(2, 3, 32, 32)
     with pytest.raises(RuntimeError, match="calibrate_feature_scale"):
         with_map(images)
@@ -513,6 +515,20 @@ def test_a_checkpoint_of_an_earlier_version_scores_as_it_did(old):
     assert own.weighted_parts() == {"feature_distance"}  # the new part needs no calibration to score
 
 
+def test_an_earlier_coarse_residual_is_prepared_again_before_it_scores():
+    own = AnomalyMap("mask+coarse_residual", 0.5, image_size=32)
+    own_state = {f"model.anomaly_map.{name}": value for name, value in own.state_dict().items()}
+    state = dict(own_state)
+    # An earlier version: a square window, one level per channel, calibrated.
+    state["model.anomaly_map.coarse_residual.centre"] = torch.full((1, 3, 1, 1), 0.1)
+    state["model.anomaly_map.coarse_residual.spread"] = torch.full((1, 3, 1, 1), 0.2)
+    state["model.anomaly_map.coarse_residual.scale"] = torch.tensor(3.0)
+    match_map_state(state, own_state, fixed_map=True, floor_learned=False)
+    own.load_state_dict({k.removeprefix("model.anomaly_map."): v for k, v in state.items()})
+    assert own.coarse_residual.centre.shape == (1, 3, 32, 32)
+    assert torch.isnan(own.coarse_residual.scale)  # unprepared: scoring fits it on the training images
+
+
 def test_a_settings_buffer_no_version_wrote_is_refused():
     own = AnomalyMap("best_on_validation", [0.5], learn_floor=True)
     state = {"model.anomaly_map.saved_settings": torch.zeros(5, dtype=torch.float64)}
@@ -521,9 +537,18 @@ def test_a_settings_buffer_no_version_wrote_is_refused():
         match_map_state(state, own_state, fixed_map=False, floor_learned=True)
 
 
-def test_the_maps_separable_filters_equal_anomalibs_blur_and_the_clipped_window_mean():
+def test_the_maps_separable_blur_equals_anomalibs():
     maps = torch.rand(2, 1, 48, 40)
     torch.testing.assert_close(SeparableGaussianBlur(4.0)(maps), GaussianBlur2d(sigma=4.0, channels=1)(maps))
-    images = torch.rand(2, 3, 48, 40)
-    one_pass = torch.nn.functional.avg_pool2d(images, 33, stride=1, padding=16, count_include_pad=False)
-    torch.testing.assert_close(window_mean(images, 33), one_pass)
+
+
+def test_the_window_mean_is_round_and_keeps_its_level_at_the_border():
+    kernel = gaussian_kernel(8.0)
+    constant = torch.full((1, 3, 48, 40), 0.3)
+    torch.testing.assert_close(window_mean(constant, kernel), constant)  # no darkening or band at the border
+    point = torch.zeros(1, 1, 161, 161)
+    point[..., 80, 80] = 1.0
+    response = window_mean(point, kernel)[0, 0]
+    # Points 20 px away weigh the same whichever way (a square window takes (16, 12) and drops (20, 0)).
+    assert float(response[80 + 16, 80 + 12]) == pytest.approx(float(response[80 + 20, 80]), rel=1e-4)
+    assert float(response[80, 80 + 20]) == pytest.approx(float(response[80 + 20, 80]), rel=1e-4)

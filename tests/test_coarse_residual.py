@@ -26,7 +26,7 @@ def test_the_coarse_residual_adds_up_a_faint_stain_no_pixel_of_the_mask_sees():
     start = torch.zeros(1, 3, 64, 64)
     stained = start + _grain(generator)
     stained[..., 16:48, 16:48] += 0.08  # each pixel's change is below the grain's
-    part = CoarseResidual(window=17)(stained, start)[0, 0]
+    part = CoarseResidual(window=17, size=64)(stained, start)[0, 0]
     assert part[24:40, 24:40].mean() > 3 * part[:8, :8].mean()
 
 
@@ -36,49 +36,62 @@ def test_a_hue_shift_counts_though_its_channels_cancel():
     shifted[:, 0, 16:48, 16:48] += 0.15
     shifted[:, 2, 16:48, 16:48] -= 0.15
     assert (shifted - start).mean(dim=1).abs().max() == 0  # a grey reading sees nothing
-    part = CoarseResidual(window=9)(shifted, start)[0, 0]
+    part = CoarseResidual(window=9, size=64)(shifted, start)[0, 0]
     assert part[28:36, 28:36].mean() == pytest.approx(0.1, abs=1e-5)
     assert part[:4, :4].max() == 0
 
 
 def test_a_start_off_in_colour_everywhere_does_not_hide_a_defect_that_moves_a_channel_back():
     generator = torch.Generator().manual_seed(0)
-    # The prior's start reads every image 0.2 too low in red: its residual on normal texture is +0.2.
-    good = _grain(generator).repeat(4, 1, 1, 1)
+    # The prior's start reads every image about 0.2 too low in red: its residual on normal texture is +0.2.
+    good = torch.cat([_grain(generator) for _ in range(4)])
     good_start = good.clone()
-    good_start[:, 0] -= 0.2
+    good_start[:, 0] -= 0.2 + 0.02 * torch.randn(4, 64, 64, generator=generator)
     defective, start = good[:1].clone(), good_start[:1]
     defective[:, 0, 16:48, 16:48] -= 0.2  # a tint that takes the red back: the residual there is 0
-    part = CoarseResidual(window=9, channels=3)
+    part = CoarseResidual(window=9, channels=3, size=64)
     uncentred = part(defective, start)[0, 0]
     assert uncentred[28:36, 28:36].mean() < uncentred[:4, :4].mean()  # ranked below normal texture
     part.fit_normal(good, good_start)
-    assert part.centre[0, :, 0, 0].tolist() == pytest.approx([0.2, 0.0, 0.0], abs=1e-2)
+    assert part.centre[0, :, :4, :4].mean(dim=(1, 2)).tolist() == pytest.approx([0.2, 0.0, 0.0], abs=1e-2)
     centred = part(defective, start)[0, 0]
     assert centred[28:36, 28:36].mean() > 5 * centred[:4, :4].mean()
+
+
+def test_the_normal_level_is_learned_per_position_so_a_border_the_prior_misses_is_not_a_band():
+    generator = torch.Generator().manual_seed(0)
+    good = torch.cat([_grain(generator) for _ in range(8)])
+    good_start = good + 0.01 * torch.randn(8, 3, 64, 64, generator=generator)
+    good_start[..., :6, :] -= 0.3  # the generator's padding: every good image's top rows are missed
+    part = CoarseResidual(window=9, channels=3, size=64)
+    part.fit_normal(good, good_start)
+    image, start = good[:1], good_start[:1]
+    centred = part(image, start)[0, 0]
+    assert centred[:4].mean() < 2 * centred[24:40].mean()  # the border at its usual level, no band
+    with pytest.raises(ValueError, match="at least 2 good images"):
+        part.fit_normal(good[:1], good_start[:1])
 
 
 def test_calibration_centres_the_coarse_residual_on_the_good_images():
     torch.manual_seed(0)
     rgi = RgiModel(image_size=32, anomaly_map="mask+coarse_residual", feature_weight=0.5, **TINY_PRIOR)
     coarse = rgi.anomaly_map.coarse_residual
-    assert torch.equal(coarse.centre, torch.zeros(1, 3, 1, 1))  # unfitted: as priors calibrated before it scored
-    assert torch.equal(coarse.spread, torch.ones(1, 3, 1, 1))
+    assert torch.equal(coarse.centre, torch.zeros(1, 3, 32, 32))  # unfitted
+    assert torch.equal(coarse.spread, torch.ones(1, 3, 32, 32))
     rgi.calibrate_feature_scale(torch.rand(4, 3, 32, 32))
-    assert not torch.equal(coarse.centre, torch.zeros(1, 3, 1, 1))
+    assert not torch.equal(coarse.centre, torch.zeros(1, 3, 32, 32))
     assert (coarse.spread > 0).all()
     assert float(coarse.scale) > 0
 
 
-def test_validation_chooses_among_the_mask_with_or_without_the_coarse_residual_beside_each_feature_part():
+def test_validation_chooses_among_the_mask_with_or_without_the_coarse_residual_beside_the_feature_prior():
     weights = [0.5, 2.0]
     candidates = AnomalyMap("best_on_validation", weights, image_size=32).candidates
     assert candidates[0] == dict.fromkeys(ADDED_PARTS, 0.0)  # the mask alone first: ties go to it
     assert candidates[1:3] == [dict.fromkeys(ADDED_PARTS, 0.0) | {"coarse_residual": w} for w in weights]
     combinations = {tuple(candidate[part] for part in ADDED_PARTS) for candidate in candidates}
-    assert len(combinations) == len(candidates) == 3 * (1 + 2 * len(weights))
-    assert all(not (candidate["feature_distance"] and candidate["feature_prior"]) for candidate in candidates)
-    assert (2.0, 0.0, 0.5) in combinations  # the coarse residual beside the feature prior
+    assert len(combinations) == len(candidates) == (1 + len(weights)) ** 2
+    assert not any(candidate["feature_distance"] for candidate in candidates)
 
 
 def test_the_coarse_floor_keeps_only_what_the_coarse_residual_has_above_it():

@@ -3,14 +3,15 @@
     python research/probes/coarse_shape.py CACHE.pt CKPT --category C --data-root R [--fit-crops 16 240]
         [--pictures DIR]
 
-The shipped part averages the start's residual over a square window clipped at the border and centres
-it with one mean and spread per channel (fitted on the calibration crops). Variants: a Gaussian window
-(round; zero-padded and divided by the window's own weight inside the image, as the clipped square);
-the centre and spread fitted per position, so a border the generator's padding reproduces worse, or a
-clipped window that averages fewer pixels, is measured against its own normal level. Each variant is
-fitted on the first ``--fit-crops`` training crops (closed-form start, as the fit calibrates), its scale
-calibrated as the product calibrates it, the map chosen on validation with the fit's rule, and its
-validation figures printed. ``--pictures``: each variant's map on good and defective validation crops.
+The part as shipped before (git 56be74b) averaged the start's residual over a square window clipped at
+the border and centred it with one mean and spread per channel (fitted on the 16 calibration crops).
+Variants: a Gaussian window (round; zero-padded and divided by the window's own weight inside the
+image, as the clipped square); the centre and spread fitted per position, so a border the generator's
+padding reproduces worse, or a clipped window that averages fewer pixels, is measured against its own
+normal level. Each variant is fitted on the first ``--fit-crops`` training crops (closed-form start, as
+the fit calibrates), its scale calibrated as the product calibrates it, the map chosen on validation
+with the fit's rule, and its validation figures printed. ``--pictures``: each variant's map on good
+and defective validation crops.
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ from select_map import parts_of, prepared_model
 
 from anomalib_rgi.data.textures import train_image_paths
 from anomalib_rgi.inpainting import load_images
-from anomalib_rgi.models.rgi.anomaly_map import CoarseResidual, describe_map, score_settings, window_mean
+from anomalib_rgi.models.rgi.anomaly_map import CoarseResidual, describe_map, score_settings
 from anomalib_rgi.models.rgi.map_selection import choose_settings, validation_image_auroc, validation_pixel_quality
+
+
+def square_window_mean(images: torch.Tensor, window: int) -> torch.Tensor:
+    """The part's former window: a square mean clipped at the border."""
+    return F.avg_pool2d(images, window, stride=1, padding=window // 2, count_include_pad=False)
 
 
 class CoarseVariant(CoarseResidual):
@@ -36,22 +42,19 @@ class CoarseVariant(CoarseResidual):
         sigma = window / 4
         offsets = torch.arange(-2 * window, 2 * window + 1, dtype=torch.float32)
         kernel = torch.exp(-offsets.square() / (2 * sigma**2))
-        self.kernel = (kernel / kernel.sum())[kernel > 1e-4 * kernel.max()]
+        self.gaussian = (kernel / kernel.sum())[kernel > 1e-4 * kernel.max()]
 
     def window_mean(self, images: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         residual = images - start.clamp(-1, 1)
         if self.shape == "square":
-            return window_mean(residual, self.window)
-        pad = len(self.kernel) // 2
+            return square_window_mean(residual, self.window)
+        pad = len(self.gaussian) // 2
         channels = residual.shape[1]
 
         def blur(x: torch.Tensor) -> torch.Tensor:
-            rows = F.conv2d(
-                x, self.kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), padding=(0, pad), groups=channels
-            )
-            return F.conv2d(
-                rows, self.kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), padding=(pad, 0), groups=channels
-            )
+            across = self.gaussian.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+            rows = F.conv2d(x, across, padding=(0, pad), groups=channels)
+            return F.conv2d(rows, across.transpose(2, 3), padding=(pad, 0), groups=channels)
 
         return blur(residual) / blur(torch.ones_like(residual[:1]))
 
@@ -87,7 +90,7 @@ def main() -> None:
     for shape in ("square", "gaussian"):
         for per_position in (False, True):
             for crops in args.fit_crops:
-                variant = CoarseVariant(shipped.window, shipped.centre.shape[1], shape, per_position)
+                variant = CoarseVariant(shipped.window | 1, shipped.centre.shape[1], shape, per_position)
                 good = inner.invert(train[:crops], steps=0, mask_solver="closed_form")
                 variant.fit_normal(good.target, good.start)
                 amap.coarse_residual = variant

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import torch
+from select_map import prepared_model
 
 from anomalib_rgi import Rgi
 from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS, describe_map, score_settings
@@ -42,8 +43,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--steps", type=int, nargs="*", default=[], help="further solver step counts to time")
+    parser.add_argument("--mask-solver", default="adam", choices=("adam", "closed_form"), help="for --steps")
+    parser.add_argument("--only-steps", action="store_true", help="time only the --steps graphs")
+    parser.add_argument("--data-root", help="prepare parts the checkpoint predates on this data's training crops")
+    parser.add_argument("--category", default="brick")
     args = parser.parse_args()
-    model = Rgi.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
+    if args.data_root:
+        model = prepared_model(args.checkpoint, args.data_root, args.category)
+    else:
+        model = Rgi.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
     anomaly_map = model.model.anomaly_map
     shipped = dict(anomaly_map.settings)
     weighted = sorted(anomaly_map.weighted_parts())
@@ -51,12 +59,18 @@ def main() -> None:
         "as fitted": ({}, shipped),
         "0 steps (closed-form mask)": ({"steps": 0, "mask_solver": "closed_form"}, shipped),
     }
+    if args.only_steps:
+        variants = {}
     for steps in args.steps:
-        variants[f"{steps} steps"] = ({"steps": steps}, shipped)
-    for part in weighted:
+        variants[f"{steps} steps, {args.mask_solver}"] = ({"steps": steps, "mask_solver": args.mask_solver}, shipped)
+    for part in weighted if not args.only_steps else []:
         without = shipped | {part: 0.0} | {f"score_{part}": 0.0}
         variants[f"without {part}"] = ({}, without)
-    variants["mask alone"] = ({}, shipped | dict.fromkeys(ADDED_PARTS, 0.0) | {f"score_{p}": 0.0 for p in ADDED_PARTS})
+    if not args.only_steps:
+        variants["mask alone"] = (
+            {},
+            shipped | dict.fromkeys(ADDED_PARTS, 0.0) | {f"score_{p}": 0.0 for p in ADDED_PARTS},
+        )
     solver = dict(model.model.inversion)
     print("map as fitted:", describe_map(shipped), "| image score:", describe_map(score_settings(shipped)))
     for name, (overrides, settings) in variants.items():

@@ -1,14 +1,17 @@
 """Does validation's map choice carry over to defects it has not seen? One defect kind left out at a time.
 
     python research/probes/leave_kind_out.py CACHE.pt CKPT --category C --data-root R [--floor-quantile 0.9]
+        [--score-on test|val] [--drop-part feature_distance]
 
 For each defect kind of the cached validation half, the map is chosen as a fit chooses it
 (map_selection.choose_settings over the model's candidates) twice: on the whole validation half, and
 on it without that kind's defective images. Both choices are scored on the test half's images of that
 kind beside the good test images (metrics.quality_per_defect: pixel AUROC, dataset-level Dice at the
 best threshold over those images, image AUROC). A choice that holds only when its kind is in
-validation loses figures in the "left out" column. The GAN epoch was chosen by the fit with every kind
-in validation; only the map's choice is left blind here.
+validation loses figures in the "left out" column. ``--score-on val`` scores each kind on the
+validation half's own images of it instead, which the blind choice did not see: a check that leaves
+the test half untouched, for method decisions. ``--drop-part``: that part leaves the candidates. The
+GAN epoch was chosen by the fit with every kind in validation; only the map's choice is left blind here.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from select_map import parts_of, prepared_model
 
 from anomalib_rgi.metrics import quality_per_defect
-from anomalib_rgi.models.rgi.anomaly_map import describe_map, score_settings, weigh
+from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS, describe_map, score_settings, weigh
 from anomalib_rgi.models.rgi.map_selection import choose_settings
 
 
@@ -46,14 +49,18 @@ def main() -> None:
     parser.add_argument("--category", default="brick")
     parser.add_argument("--data-root", default="datasets/rgi_textures")
     parser.add_argument("--floor-quantile", type=float, default=0.9)
+    parser.add_argument("--score-on", default="test", choices=("test", "val"))
+    parser.add_argument("--drop-part", choices=ADDED_PARTS, help="leave this part out of the candidates")
     args = parser.parse_args()
     cache = torch.load(args.cache, weights_only=False)
     model = prepared_model(args.checkpoint, args.data_root, args.category)
     amap = model.model.anomaly_map
-    val, test = parts_of(model, cache["val"]), parts_of(model, cache["test"])
+    val = parts_of(model, cache["val"])
+    test = parts_of(model, cache["test"]) if args.score_on == "test" else None
     start = dict(amap.settings) | {"mask_floor": 0.0}
-    every, _, _ = choose_settings(kept_without(val, cache["val"], None), start, amap.candidates, args.floor_quantile)
-    print(f"{args.category}, chosen on the whole validation half: {describe_map(every)}")
+    candidates = [weights for weights in amap.candidates if not (args.drop_part and weights[args.drop_part])]
+    every, _, _ = choose_settings(kept_without(val, cache["val"], None), start, candidates, args.floor_quantile)
+    print(f"{args.category}, chosen on the whole validation half: {describe_map(every)}; scored on {args.score_on}")
     print(
         "| kind | val / test images | map chosen without it | pixel AUROC: all / left out | Dice (best thr.): "
         "all / left out | image AUROC: all / left out |"
@@ -63,11 +70,12 @@ def main() -> None:
     totals = np.zeros((2, 3))
     counted = 0
     for kind in kinds:
-        if kind not in cache["test"]["kind"]:
+        scored, scored_parts = (cache["test"], test) if args.score_on == "test" else (cache["val"], val)
+        if kind not in scored["kind"]:
             continue
         kept = kept_without(val, cache["val"], kind)
-        blind, _, _ = choose_settings(kept, start, amap.candidates, args.floor_quantile)
-        rows = [kind_figures(test, settings, cache["test"], kind) for settings in (every, blind)]
+        blind, _, _ = choose_settings(kept, start, candidates, args.floor_quantile)
+        rows = [kind_figures(scored_parts, settings, scored, kind) for settings in (every, blind)]
         figures = np.array([[row["pixel_AUROC"], row["pixel_F1Max"], row["image_AUROC"]] for row in rows])
         totals += figures
         counted += 1

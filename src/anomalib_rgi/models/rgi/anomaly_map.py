@@ -12,11 +12,11 @@ Three parts can be added to it:
   R-RGI's fine-tuning above all, learn part of a defect);
 - ``"mask+feature_prior"``: plus the residual of a generative prior of normal ImageNet features;
 - ``"best_on_validation"``: each validation of the fit chooses among the mask alone or with the
-  coarse residual, each beside no ImageNet-feature part or one, at every candidate weight: the pixel
+  coarse residual, each beside the feature prior or not, at every candidate weight: the pixel
   map with the highest validation Dice among those whose pixel AUROC is within 0.01 of the best, and,
   on its own, the map whose maximum scores images best (validation image AUROC). The two kinds of
   part see different defects: the coarse residual faint, spread-out changes of a part the prior
-  models, the feature parts foreign material and textures it does not.
+  models, the feature prior foreign material and textures it does not.
 
 The ImageNet-feature parts are in :mod:`~anomalib_rgi.models.rgi.feature_parts`.
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from typing import Literal, get_args
 
 import torch
@@ -54,6 +55,7 @@ SCORE_PARTS = tuple(SCORE_OF.values())
 FLOOR_OF = {"coarse_residual": "coarse_floor"}  # the added parts that count only above a floor of their own
 FLOORS = ("mask_floor", *FLOOR_OF.values())  # learned on the good validation images, not chosen
 SETTING_NAMES = (*ADDED_PARTS, *FLOORS, *SCORE_PARTS)
+SCALE_IMAGES = 32  # good images a part's scale is calibrated on (percentiles of about half a million pixels)
 # {"feature_distance": weight, ..., "mask_floor": level, "coarse_floor": level, "score_feature_distance": ...}
 MapSettings = dict[str, float]
 
@@ -131,6 +133,14 @@ def weigh(parts: dict[str, torch.Tensor], settings: MapSettings) -> torch.Tensor
     return anomaly_map
 
 
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """Return a normalised one-dimensional Gaussian of anomalib's length (``compute_kernel_size``: about 8 sigma)."""
+    size = 2 * int(4.0 * sigma + 0.5) + 1
+    offsets = torch.arange(size, dtype=torch.float32) - size // 2
+    kernel = torch.exp(-offsets.square() / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
 class SeparableGaussianBlur(nn.Module):
     """anomalib's ``GaussianBlur2d`` (the same kernel, borders reflected) as two one-dimensional passes.
 
@@ -144,10 +154,7 @@ class SeparableGaussianBlur(nn.Module):
 
     def __init__(self, sigma: float) -> None:
         super().__init__()
-        size = 2 * int(4.0 * sigma + 0.5) + 1  # anomalib's compute_kernel_size
-        offsets = torch.arange(size, dtype=torch.float32) - size // 2
-        kernel = torch.exp(-offsets.square() / (2 * sigma**2))
-        self.register_buffer("kernel", kernel / kernel.sum(), persistent=False)
+        self.register_buffer("kernel", gaussian_kernel(sigma), persistent=False)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """Blur one-channel maps ``(N, 1, H, W)``; H and W must exceed half the kernel."""
@@ -156,15 +163,28 @@ class SeparableGaussianBlur(nn.Module):
         return F.conv2d(F.pad(rows, (0, 0, pad, pad), mode="reflect"), self.kernel.view(1, 1, -1, 1))
 
 
-def window_mean(images: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean over ``window`` x ``window`` neighbourhoods clipped at the border, as two one-dimensional passes.
+def window_mean(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Each pixel's Gaussian-weighted mean over its neighbourhood inside the image, per channel.
 
-    ``avg_pool2d`` with ``count_include_pad=False`` in one pass costs window^2 additions per pixel;
-    the clipped window is a rectangle, so the mean of its row means is the same number.
+    A round window: a square one draws box-shaped blobs, and on a periodic texture whose period does
+    not divide its side it leaves stripes of the pattern. At the border the weights outside the image
+    are dropped and the rest renormalised, so the border is neither darkened (zero padding) nor mirrored.
+
+    Args:
+        images (torch.Tensor): ``(N, C, H, W)``.
+        kernel (torch.Tensor): The one-dimensional window (:func:`gaussian_kernel`), applied along rows
+            then columns.
+
     """
-    pad = window // 2
-    rows = F.avg_pool2d(images, (1, window), stride=1, padding=(0, pad), count_include_pad=False)
-    return F.avg_pool2d(rows, (window, 1), stride=1, padding=(pad, 0), count_include_pad=False)
+    pad = len(kernel) // 2
+
+    def passes(values: torch.Tensor) -> torch.Tensor:
+        channels = values.shape[1]
+        across = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+        rows = F.conv2d(values, across, padding=(0, pad), groups=channels)
+        return F.conv2d(rows, across.transpose(2, 3), padding=(pad, 0), groups=channels)
+
+    return passes(images) / passes(torch.ones_like(images[:1, :1]))
 
 
 class CoarseResidual(nn.Module):
@@ -175,38 +195,55 @@ class CoarseResidual(nn.Module):
     normal texture's residual changes sign from grain to grain and averages away. Each channel is
     averaged on its own, so a hue shift whose channels move in opposite directions still counts. The
     start ``G(z_0)`` (the encoder's reading of the input) rather than the restoration: the inversion's
-    steps, and R-RGI's fine-tuning above all, learn a smooth defect into ``G(z)``.
+    steps, and R-RGI's fine-tuning above all, learn a smooth defect into ``G(z)``. The window is a
+    Gaussian (:func:`window_mean`) whose standard deviation is a quarter of ``window``.
 
-    The centre and spread are the window mean's per-channel mean and standard deviation on good
-    images (:meth:`fit_normal`). A prior whose start is off in colour everywhere (on a colour fabric,
-    by up to a tenth of the range in one channel) otherwise ranks a defect that moves a channel the
-    other way BELOW normal texture; centred, the part measures the departure from the prior's usual
-    error. Until fitted, the centre is 0 and the spread 1 (as priors calibrated before it scored).
+    The centre and spread are the window mean's mean and standard deviation on good images, per
+    channel and position (:meth:`fit_normal`). A prior whose start is off in colour everywhere (on a
+    colour fabric, by up to a tenth of the range in one channel) otherwise ranks a defect that moves a
+    channel the other way BELOW normal texture; centred, the part measures the departure from the
+    prior's usual error. Per position, because that error is not the same everywhere: the generator's
+    padding reproduces the border worse, and a window the border clips averages fewer pixels, so
+    centred per channel alone the part drew bands along the border of good images. Until fitted, the
+    centre is 0 and the spread 1.
 
     Args:
-        window (int): Side of the averaging window in pixels (odd).
+        window (int): Width of the averaging window in pixels (four standard deviations of the Gaussian).
         channels (int): Channels of the images.
+        size (int): Side of the images, in pixels.
 
     """
 
-    def __init__(self, window: int, channels: int = 3) -> None:
+    def __init__(self, window: int, channels: int = 3, size: int = 128) -> None:
         super().__init__()
         self.window = window
-        self.register_buffer("centre", torch.zeros(1, channels, 1, 1))
-        self.register_buffer("spread", torch.ones(1, channels, 1, 1))
+        self.register_buffer("kernel", gaussian_kernel(window / 4), persistent=False)
+        self.register_buffer("centre", torch.zeros(1, channels, size, size))
+        self.register_buffer("spread", torch.ones(1, channels, size, size))
         # Mask-map units per unit of residual (``AnomalyMap.calibrate``); NaN until calibrated.
         self.register_buffer("scale", torch.tensor(float("nan")))
 
     def window_mean(self, images: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """Return the window mean of ``images - start`` (both in [-1, 1]), per channel, ``(N, C, H, W)``."""
-        return window_mean(images - start.clamp(-1, 1), self.window)
+        return window_mean(images - start.clamp(-1, 1), self.kernel)
 
     @torch.no_grad()
     def fit_normal(self, images: torch.Tensor, start: torch.Tensor) -> None:
-        """Set the centre and spread from good ``images`` and their starts (both in [-1, 1])."""
+        """Set the centre and spread per channel and position from good ``images`` and their starts (both in [-1, 1]).
+
+        Raises:
+            ValueError: With fewer than two images, or images of another size than the part was built for.
+
+        """
+        if len(images) < 2 or images.shape[1:] != self.centre.shape[1:]:
+            msg = (
+                f"The coarse residual learns its normal level from at least 2 good images of shape "
+                f"{tuple(self.centre.shape[1:])}, got {tuple(images.shape)}."
+            )
+            raise ValueError(msg)
         averaged = self.window_mean(images, start)
-        self.centre.copy_(averaged.mean(dim=(0, 2, 3), keepdim=True))
-        self.spread.copy_(averaged.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
+        self.centre.copy_(averaged.mean(dim=0, keepdim=True))
+        self.spread.copy_(averaged.std(dim=0, keepdim=True).clamp_min(1e-6))
 
     def forward(self, images: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """Return the coarse residual of ``images`` from ``start`` (both in [-1, 1]), ``(N, 1, H, W)``."""
@@ -217,15 +254,17 @@ def _weight_options(kind: MapKind, weights: list[float]) -> list[dict[str, float
     """Return the added parts' weights a map of ``kind`` may take; validation chooses when there are several.
 
     ``best_on_validation`` offers the mask with or without the coarse residual (each weight), each beside
-    no ImageNet-feature part or one of them (each weight).
+    no feature prior or the feature prior (each weight). The feature distance is not a candidate: chosen
+    on a validation half without smears, it missed them where the feature prior found them, and it needs
+    a second pass of the ImageNet network (docs/method.md).
     """
     if kind == "best_on_validation":
-        features = [dict.fromkeys(FEATURE_PARTS, 0.0)] + [
-            {other: weight if other == part else 0.0 for other in FEATURE_PARTS}
-            for part in FEATURE_PARTS
-            for weight in weights
+        features = [0.0, *weights]
+        return [
+            {"coarse_residual": coarse, "feature_distance": 0.0, "feature_prior": prior}
+            for prior in features
+            for coarse in features
         ]
-        return [{"coarse_residual": coarse} | feature for feature in features for coarse in [0.0, *weights]]
     if kind == "mask":
         return [dict.fromkeys(ADDED_PARTS, 0.0)]
     return [{part: weight if kind == f"mask+{part}" else 0.0 for part in ADDED_PARTS} for weight in weights]
@@ -281,7 +320,8 @@ class AnomalyMap(nn.Module):
         self.learn_floor = learn_floor and kind != "mask"  # the floor matters only beside an added part
         self.image_size = image_size
         self.blur = SeparableGaussianBlur(sigma) if sigma > 0 else None
-        self.coarse_residual = CoarseResidual(image_size // 4 | 1, image_channels) if uses["coarse_residual"] else None
+        coarse = uses["coarse_residual"]
+        self.coarse_residual = CoarseResidual(image_size // 4, image_channels, image_size) if coarse else None
         # The feature prior reads the feature distance's embedding.
         self.feature_distance = FeatureDistance() if any(uses[part] for part in FEATURE_PARTS) else None
         self.feature_prior = None
@@ -416,8 +456,9 @@ class AnomalyMap(nn.Module):
     def calibrate(self, result: InversionResult, names: Iterable[str] | None = None) -> dict[str, float]:
         """Match the added parts' scales to the mask map's on an inversion of defect-free images.
 
-        A scale is the ratio of the two maps' 99th percentiles. The coarse residual first learns its
-        centre and spread on the same images (:meth:`CoarseResidual.fit_normal`).
+        A scale is the ratio of the two maps' 99th percentiles over the first :data:`SCALE_IMAGES`
+        images. The coarse residual first learns its centre and spread per position on all of them
+        (:meth:`CoarseResidual.fit_normal`): a level per position needs more images than a percentile.
 
         Args:
             result (InversionResult): An inversion of defect-free images.
@@ -427,16 +468,16 @@ class AnomalyMap(nn.Module):
             dict[str, float]: The new scale of each calibrated part.
 
         """
-        mask_quantile = self.mask_part(result).flatten().quantile(0.99)
         chosen = set(self.scales()) if names is None else set(names)
+        if "coarse_residual" in chosen and self.coarse_residual is not None:
+            self.coarse_residual.fit_normal(result.target, result.start)
+        sample = InversionResult(**{field.name: getattr(result, field.name)[:SCALE_IMAGES] for field in fields(result)})
+        mask_quantile = self.mask_part(sample).flatten().quantile(0.99)
         scales = {}
         for name, (compute, scale) in self._added_parts().items():
-            if name not in chosen:
-                continue
-            if name == "coarse_residual":
-                self.coarse_residual.fit_normal(result.target, result.start)
-            scale.copy_(mask_quantile / compute(result).flatten().quantile(0.99).clamp_min(1e-6))
-            scales[name] = float(scale)
+            if name in chosen:
+                scale.copy_(mask_quantile / compute(sample).flatten().quantile(0.99).clamp_min(1e-6))
+                scales[name] = float(scale)
         return scales
 
 

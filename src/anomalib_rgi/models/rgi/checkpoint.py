@@ -115,7 +115,8 @@ def match_map_state(
 
     The feature network's weights are fixed ImageNet ones: a checkpoint without them gets the model's;
     one with them, loaded into a model without that part, drops them. An earlier version's feature
-    prior (an autoencoder) is dropped, and this version's is fitted when scoring starts. A part the
+    prior (an autoencoder) is dropped, and this version's is fitted when scoring starts; an earlier
+    coarse residual (a square window, one level per channel) is prepared again the same way. A part the
     prior was fitted without has no calibrated scale (NaN: scoring prepares it on the training
     images). A fixed map keeps the model's own weights; a map chosen on validation and a learned floor
     come from ``state``.
@@ -137,6 +138,17 @@ def match_map_state(
         # Earlier versions' feature prior was an autoencoder: scoring fits this version's in its place.
         for name in [name for name in state if name.startswith(f"{prefix}feature_prior.")]:
             del state[name]
+    coarse = f"{prefix}coarse_residual."
+    if (
+        f"{coarse}centre" in state
+        and f"{coarse}centre" in own
+        and state[f"{coarse}centre"].shape != own[f"{coarse}centre"].shape
+    ):
+        # Earlier versions' coarse residual: a square window, centred per channel. Scoring learns this
+        # version's normal level per position and its scale (NaN: unprepared) on the training images.
+        for name in ("centre", "spread", "scale"):
+            state[f"{coarse}{name}"] = own[f"{coarse}{name}"].clone()
+        state[f"{coarse}scale"].fill_(float("nan"))
     for name in [name for name in state if name.startswith(prefix) and name not in own]:
         del state[name]
     for name, value in own.items():

@@ -60,6 +60,10 @@ from .torch_model import RgiModel
 
 logger = logging.getLogger(__name__)
 
+# Training crops the added parts are calibrated on, at most: the coarse residual learns a level per
+# position from them (about 6 MB per hundred 128 px crops).
+CALIBRATION_IMAGES = 256
+
 
 class PriorDivergedError(RuntimeError):
     """The GAN prior's training produced a non-finite loss."""
@@ -177,7 +181,9 @@ class Rgi(RgiExportMixin, AnomalibModule):
         self.critic_loss = CriticLoss()
         self.automatic_optimization = False
         self._kept_validation: dict[str, Any] | None = None  # the final prior's epoch, validation Dice and map
-        self._calibration_images: torch.Tensor | None = None  # defect-free crops for the added parts' scales
+        # Defect-free crops of the first epoch: the added parts' scales and the coarse residual's normal level.
+        self._calibration_images: torch.Tensor | None = None
+        self._calibration_epoch = 0
         self._validation_parts: list[KeptBatch] = []  # map parts of a fit's validation, to weigh and choose
         self._validation_score: float | None = None  # this validation's Dice (None: no defect masks)
         self.thresholds_stale = False  # loaded thresholds were learned for another map than this model's
@@ -327,8 +333,8 @@ class Rgi(RgiExportMixin, AnomalibModule):
         self.manual_backward(losses["loss"])
         generator_optimizer.step()
         self.model.trained_steps += 1
-        if self.model.anomaly_map.scales() and self._calibration_images is None:
-            self._calibration_images = batch.image[:32].detach().clone()
+        if self.model.anomaly_map.scales():
+            self._keep_calibration_images(batch.image)
 
         self.log_dict(
             {"critic_loss": critic_loss.detach(), "generator_loss": losses["loss"].detach()},
@@ -347,6 +353,18 @@ class Rgi(RgiExportMixin, AnomalibModule):
         if images.shape[0] > 1:
             output["sample_diversity"] = sample_diversity(fake.detach(), images)
         return output
+
+    def _keep_calibration_images(self, images: torch.Tensor) -> None:
+        """Keep the first epoch's training crops (at most :data:`CALIBRATION_IMAGES`) for the added parts."""
+        kept = self._calibration_images
+        if kept is None:
+            self._calibration_epoch = self.current_epoch
+        elif self.current_epoch != self._calibration_epoch:
+            return
+        room = CALIBRATION_IMAGES - (0 if kept is None else len(kept))
+        if room > 0:
+            new = images[:room].detach().clone()
+            self._calibration_images = new if kept is None else torch.cat([kept, new])
 
     def _check_finite(self, name: str, loss: torch.Tensor) -> None:
         if not math.isfinite(loss.item()):

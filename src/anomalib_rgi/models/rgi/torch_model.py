@@ -8,6 +8,7 @@ predictions through :class:`~.anomaly_map.AnomalyMap`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -243,8 +244,8 @@ class RgiModel(nn.Module):
         Parts calibrated already keep their scales: the map they give, and its thresholds, stay as fitted.
 
         Args:
-            images (torch.Tensor): Good images in [0, 1] (the feature prior is fitted on all, the
-                scales are calibrated on the first 32).
+            images (torch.Tensor): Good images in [0, 1] (the feature prior and the coarse residual's
+                normal level are fitted on all, the scales calibrated on the first 32).
 
         Returns:
             bool: Whether a part the map weighs was prepared now (thresholds learned before then
@@ -257,7 +258,7 @@ class RgiModel(nn.Module):
         prior = self.anomaly_map.feature_prior
         if prior is not None and not prior.fitted:
             self.fit_feature_prior(images)
-        self.calibrate_feature_scale(images[:32], unready)
+        self.calibrate_feature_scale(images, unready)
         return bool(unready & self.anomaly_map.weighted_parts())
 
     @torch.no_grad()
@@ -265,10 +266,11 @@ class RgiModel(nn.Module):
         """Match the added parts' scales to the mask map's on defect-free ``images`` (in [0, 1]).
 
         Both maps come from the encoder's start with the closed-form mask (milliseconds per image):
-        for R-RGI's maps this scale measured as well as one from R-RGI itself.
+        for R-RGI's maps this scale measured as well as one from R-RGI itself. The coarse residual's
+        normal level is learned on all the images (:meth:`~.anomaly_map.AnomalyMap.calibrate`).
 
         Args:
-            images (torch.Tensor): Good images in [0, 1].
+            images (torch.Tensor): Good images in [0, 1] (at least 2).
             names (Iterable[str] | None): The parts to calibrate (None: every built one).
 
         Returns:
@@ -281,8 +283,13 @@ class RgiModel(nn.Module):
         if not self.anomaly_map.scales():
             msg = "This model's anomaly map has no part beside the mask to calibrate (anomaly_map is 'mask')."
             raise RuntimeError(msg)
-        result = self.invert(images, steps=0, mask_solver="closed_form", finetune_steps=0)
-        return self.anomaly_map.calibrate(result, names)
+        results = [
+            self.invert(chunk, steps=0, mask_solver="closed_form", finetune_steps=0) for chunk in images.split(64)
+        ]
+        merged = InversionResult(
+            **{field.name: torch.cat([getattr(r, field.name) for r in results]) for field in fields(InversionResult)}
+        )
+        return self.anomaly_map.calibrate(merged, names)
 
     def predictions(self, result: InversionResult) -> InferenceBatch:
         """Anomalib's predictions from an inversion: ``anomaly_map`` (stitched) and ``pred_score``.
