@@ -4,9 +4,10 @@ For one built-in category: exports the Rgi checkpoint to OpenVINO with the stock
 export --model anomalib_rgi.Rgi --export_type openvino --ckpt_path <ckpt>``), timing the build; fits
 PatchCore (EfficientNet-Lite0 weights shipped offline, as ``scripts/compare_peers.py`` builds it) and
 exports it the same way; then scores the category's test crops (128 px) one at a time, batch 1,
-through anomalib's ``OpenVINOInferencer`` in this process, and prints the median and 90th percentile
+through anomalib's ``OpenVINOInferencer`` (each model in a fresh process), and prints the median and 90th percentile
 ms per image of each model and their ratio. Both models run under the same OpenVINO settings
-(``--precision``, default f32; ``--threads``, default every core), after ``--warmup`` untimed images.
+(the line's, ``anomalib_rgi.deployment.line_config``: ``--precision``, default f32, denormals flushed
+unless ``--keep-denormals``; ``--threads``, default every core), after ``--warmup`` untimed images.
 PatchCore's memory bank has its usual size (10 % of the training patches) but is drawn at random,
 unless ``--greedy-coreset``: its scoring costs the same, and its greedy selection would take about 40
 minutes here (its quality is ``scripts/compare_peers.py``'s to measure).
@@ -23,6 +24,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections import defaultdict
@@ -35,6 +37,7 @@ from anomalib.engine import Engine
 
 from anomalib_rgi import RgiTextures
 from anomalib_rgi.data.textures import categories, load_test_split
+from anomalib_rgi.deployment import line_config
 from anomalib_rgi.reporting import machine, markdown_table
 
 ANOMALIB = Path(sys.executable).with_name("anomalib")
@@ -103,9 +106,28 @@ def fit_and_export_patchcore(
 
 
 def time_inferencer(model: Path, images: np.ndarray, config: dict, warmup: int) -> dict[str, float]:
-    """Median and 90th-percentile ms per image of ``OpenVINOInferencer.predict``, batch 1."""
-    inferencer = OpenVINOInferencer(path=model, device="CPU", config=config)
-    for image in images[:warmup]:
+    """Median and 90th-percentile ms per image of ``OpenVINOInferencer.predict``, batch 1, in a fresh process.
+
+    A process of its own, as on the line: in this one, torch's worker threads keep spinning for a while
+    after every torch operation (the export, PatchCore's fit) and take cores from OpenVINO's.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        crops = Path(folder) / "crops.npy"
+        np.save(crops, images)
+        job = {"model": str(model), "crops": str(crops), "config": config, "warmup": warmup}
+        command = [sys.executable, __file__, "--time-worker", json.dumps(job)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        msg = f"timing {model} failed ({result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}"
+        raise RuntimeError(msg)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def time_worker(job: dict) -> dict[str, float]:
+    """The timing itself: load the model with ``OpenVINOInferencer`` and score the crops one at a time."""
+    images = np.load(job["crops"])
+    inferencer = OpenVINOInferencer(path=job["model"], device="CPU", config=job["config"])
+    for image in images[: job["warmup"]]:
         inferencer.predict(image)
     times = []
     for image in images:
@@ -140,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="f32", choices=("f32", "bf16"), help="OpenVINO inference precision")
     parser.add_argument("--threads", type=int, default=None, help="OpenVINO inference threads (default: every core)")
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument(
+        "--keep-denormals", action="store_true", help="compute denormals exactly (OpenVINO's default; slower)"
+    )
     parser.add_argument("--no-patchcore", action="store_true", help="time the Rgi export only")
     parser.add_argument(
         "--greedy-coreset", action="store_true", help="select PatchCore's bank as it does (slow) instead of at random"
@@ -156,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if table.exists():
         parser.error(f"{args.out} already holds a table: give another --out")
     args.out.mkdir(parents=True, exist_ok=True)
-    config = {"INFERENCE_PRECISION_HINT": args.precision}
+    config = line_config(args.precision) | {"CPU_DENORMALS_OPTIMIZATION": not args.keep_denormals}
     if args.threads:
         config["INFERENCE_NUM_THREADS"] = args.threads
     root = args.data_root / "v2" if args.data_version == 2 else args.data_root
@@ -185,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
     header = (
         f"`python scripts/benchmark_export.py --checkpoint {args.checkpoint} --category {args.category}`; "
-        f"{machine()}; OpenVINOInferencer, batch 1, {len(crops)} test crops of 128 px, {args.precision}."
+        f"{machine()}; OpenVINOInferencer, batch 1, {len(crops)} test crops of 128 px, {args.precision}, "
+        f"denormals {'kept' if args.keep_denormals else 'flushed'}."
     )
     columns = ["model", "fit s", "export s", "median ms", "p90 ms", "ratio to PatchCore"]
     text = markdown_table(rows, columns, header)
@@ -203,4 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--time-worker":
+        print(json.dumps(time_worker(json.loads(sys.argv[2]))))
+        sys.exit(0)
     sys.exit(main())
