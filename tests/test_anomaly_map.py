@@ -333,8 +333,8 @@ def test_validation_chooses_the_map_and_learns_its_thresholds(tiny_data_root, tm
         ]
         if option.items() <= chosen.items():
             threshold = float(loaded.post_processor.pixel_threshold)
-    # The mask with or without the coarse residual, beside no feature part or one, at each weight.
-    assert len(rows) == (1 + len(weights)) * (1 + 2 * len(weights))
+    # The mask with or without the coarse residual, beside the feature prior or not, at each weight.
+    assert len(rows) == (1 + len(weights)) ** 2
     assert len({dice for dice, _, _ in rows.values()}) > 1  # the options can be told apart
     best_pixel_auroc = max(pixel_auroc for _, pixel_auroc, _ in rows.values())
     eligible = [
