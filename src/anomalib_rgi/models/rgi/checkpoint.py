@@ -134,21 +134,20 @@ def match_map_state(
     """
     prefix = "model.anomaly_map."
     own = {name: value for name, value in own.items() if name.startswith(prefix)}
-    if f"{prefix}feature_prior.encoder.0.weight" in state:
-        # Earlier versions' feature prior was an autoencoder: scoring fits this version's in its place.
-        for name in [name for name in state if name.startswith(f"{prefix}feature_prior.")]:
+    # Parts an earlier version built otherwise are dropped: the receiving model's take their place,
+    # unprepared (scale NaN), and scoring fits and calibrates them on the training images.
+    coarse_centre = f"{prefix}coarse_residual.centre"
+    outdated = {
+        "feature_prior": f"{prefix}feature_prior.encoder.0.weight" in state,  # an autoencoder
+        "coarse_residual": (  # a square window, one level per channel
+            coarse_centre in state and coarse_centre in own and state[coarse_centre].shape != own[coarse_centre].shape
+        ),
+    }
+    for part in [part for part, earlier in outdated.items() if earlier]:
+        for name in [name for name in state if name.startswith(f"{prefix}{part}.")]:
             del state[name]
-    coarse = f"{prefix}coarse_residual."
-    if (
-        f"{coarse}centre" in state
-        and f"{coarse}centre" in own
-        and state[f"{coarse}centre"].shape != own[f"{coarse}centre"].shape
-    ):
-        # Earlier versions' coarse residual: a square window, centred per channel. Scoring learns this
-        # version's normal level per position and its scale (NaN: unprepared) on the training images.
-        for name in ("centre", "spread", "scale"):
-            state[f"{coarse}{name}"] = own[f"{coarse}{name}"].clone()
-        state[f"{coarse}scale"].fill_(float("nan"))
+        if (scale := f"{prefix}{part}.scale") in own:
+            state[scale] = torch.full_like(own[scale], float("nan"))
     for name in [name for name in state if name.startswith(prefix) and name not in own]:
         del state[name]
     for name, value in own.items():

@@ -208,7 +208,7 @@ def refuse_slow_export(estimate: Callable[[], float], steps: int, budget_s: floa
     msg = (
         f"Exporting this model unrolls {steps} solver steps into one graph: about {estimate_s / 60:.0f} min on "
         f"this machine, over the {budget_s:.0f} s budget, so nothing was written. A deployable model unrolls "
-        "few steps: fit the default (10 steps) on the same data and export that prior:\n"
+        "few steps: fit the default (2 steps) on the same data and export that prior:\n"
         "    anomalib train --config configs/rgi.yaml --data.init_args.category <category>\n"
         "    anomalib export --model anomalib_rgi.Rgi --export_type openvino "
         "--ckpt_path results/Rgi/<data>/<category>/latest/weights/lightning/model.ckpt\n"
