@@ -18,6 +18,28 @@ import torch
 from anomalib_rgi import Rgi, RgiTextures
 
 
+def invert_split(model: Rgi, loader, overrides: dict, progress: str | None = None) -> tuple[dict, float]:
+    """Invert every batch of ``loader``; return the cache's rows of the split and the seconds it took.
+
+    ``progress``: print the split's name, the images done and the seconds after every batch.
+    """
+    rows: dict[str, list] = {k: [] for k in ("target", "restored", "start", "mask", "gt", "label", "kind")}
+    started = time.perf_counter()
+    for batch in loader:
+        images = model.pre_processor(batch.image) if model.pre_processor else batch.image
+        with torch.no_grad():
+            result = model.model.invert(images, **overrides)
+        for name in ("target", "restored", "start", "mask"):
+            rows[name].append(getattr(result, name))
+        rows["gt"].append(batch.gt_mask.float().reshape(len(images), 1, *images.shape[-2:]))
+        rows["label"].append(batch.gt_label.long())
+        rows["kind"] += [Path(path).parent.name for path in batch.image_path]
+        if progress:
+            print(progress, len(rows["kind"]), f"{time.perf_counter() - started:.0f} s", flush=True)
+    seconds = time.perf_counter() - started
+    return {k: (v if k == "kind" else torch.cat(v)) for k, v in rows.items()}, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoint")
@@ -46,22 +68,7 @@ def main() -> None:
     cache = {"settings": {**model.model.inversion, **overrides}}
     loaders = {"val": data.val_dataloader, "test": data.test_dataloader}
     for split in args.splits:
-        loader = loaders[split]()
-        rows: dict[str, list] = {k: [] for k in ("target", "restored", "start", "mask", "gt", "label", "kind")}
-        start_time = time.time()
-        for batch in loader:
-            images = model.pre_processor(batch.image) if model.pre_processor else batch.image
-            with torch.no_grad():
-                result = model.model.invert(images, **overrides)
-            rows["target"].append(result.target)
-            rows["restored"].append(result.restored)
-            rows["start"].append(result.start)
-            rows["mask"].append(result.mask)
-            rows["gt"].append(batch.gt_mask.float().reshape(len(images), 1, *images.shape[-2:]))
-            rows["label"].append(batch.gt_label.long())
-            rows["kind"] += [Path(p).parent.name for p in batch.image_path]
-            print(split, len(rows["kind"]), f"{time.time() - start_time:.0f} s", flush=True)
-        cache[split] = {k: (v if k == "kind" else torch.cat(v)) for k, v in rows.items()}
+        cache[split], _ = invert_split(model, loaders[split](), overrides, progress=split)
     torch.save(cache, args.out)
 
 

@@ -13,9 +13,8 @@ each variant chose: for the final figures, once the variant is decided on valida
 from __future__ import annotations
 
 import argparse
-import time
 
-import torch
+from cache_inversions import invert_split
 from select_map import figures, parts_of, prepared_model
 
 from anomalib_rgi import RgiTextures
@@ -29,22 +28,6 @@ def parse_variant(text: str) -> dict[str, float | str]:
         name, value = item.split("=")
         overrides[name] = value if name == "mask_solver" else (int(value) if name == "steps" else float(value))
     return overrides
-
-
-def invert_split(model, loader, overrides: dict) -> tuple[dict, float]:
-    rows: dict[str, list] = {k: [] for k in ("target", "restored", "start", "mask", "gt", "label", "kind")}
-    started = time.perf_counter()
-    for batch in loader:
-        images = model.pre_processor(batch.image) if model.pre_processor else batch.image
-        with torch.no_grad():
-            result = model.model.invert(images, **overrides)
-        for name in ("target", "restored", "start", "mask"):
-            rows[name].append(getattr(result, name))
-        rows["gt"].append(batch.gt_mask.float().reshape(len(images), 1, *images.shape[-2:]))
-        rows["label"].append(batch.gt_label.long())
-        rows["kind"] += [path.split("/")[-2] for path in batch.image_path]
-    seconds = time.perf_counter() - started
-    return {k: (v if k == "kind" else torch.cat(v)) for k, v in rows.items()}, seconds
 
 
 def main() -> None:
