@@ -27,6 +27,7 @@ from anomalib_rgi.models.rgi.anomaly_map import (
 from anomalib_rgi.models.rgi.checkpoint import match_map_state
 from anomalib_rgi.models.rgi.feature_parts import FeatureDistance, FeaturePrior
 from anomalib_rgi.models.rgi.map_selection import (
+    DICE_TOLERANCE,
     PIXEL_AUROC_TOLERANCE,
     choose_settings,
     good_level,
@@ -312,8 +313,9 @@ def test_validation_chooses_the_map_and_learns_its_thresholds(tiny_data_root, tm
     assert kept["feature_weight"] == max(chosen[part] for part in ADDED_PARTS)
     # The choice travels in the checkpoint, whichever way it is loaded (the CLI builds from the config first).
     assert Rgi.load_from_checkpoint(checkpoint).model.anomaly_map.settings == chosen
-    # The kept Dice is the best among the options that rank pixels nearly as well as the best one, the
-    # image score the option with the best image AUROC: each scored as anomalib scores it.
+    # The kept map is the lightest of the options that rank pixels nearly as well as the best one and
+    # outline nearly as well as the best of those, the image score the option with the best image
+    # AUROC: each scored as anomalib scores it.
     evaluator = Evaluator(
         val_metrics=[
             F1Max(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_"),
@@ -337,10 +339,16 @@ def test_validation_chooses_the_map_and_learns_its_thresholds(tiny_data_root, tm
     assert len(rows) == (1 + len(weights)) ** 2
     assert len({dice for dice, _, _ in rows.values()}) > 1  # the options can be told apart
     best_pixel_auroc = max(pixel_auroc for _, pixel_auroc, _ in rows.values())
-    eligible = [
-        dice for dice, pixel_auroc, _ in rows.values() if pixel_auroc >= best_pixel_auroc - PIXEL_AUROC_TOLERANCE
-    ]
-    assert kept["val_pixel_F1Max"] == pytest.approx(max(eligible), abs=1e-4)
+    ranks_near_best = {
+        option: dice
+        for option, (dice, pixel_auroc, _) in rows.items()
+        if pixel_auroc >= best_pixel_auroc - PIXEL_AUROC_TOLERANCE
+    }
+    best_dice = max(ranks_near_best.values())
+    eligible = [option for option, dice in ranks_near_best.items() if dice >= best_dice - DICE_TOLERANCE]
+    lightest = min(eligible, key=lambda option: (sum(option), -ranks_near_best[option]))
+    assert tuple(chosen[part] for part in loaded.model.anomaly_map.candidates[0]) == lightest
+    assert kept["val_pixel_F1Max"] == pytest.approx(ranks_near_best[lightest], abs=1e-4)
     scoring = tuple(chosen[f"score_{part}"] for part in ADDED_PARTS)
     assert rows[scoring][2] == pytest.approx(max(image_auroc for *_, image_auroc in rows.values()), abs=1e-6)
     assert float(model.post_processor.pixel_threshold) == pytest.approx(threshold, rel=1e-4)
@@ -460,7 +468,7 @@ def _kept_parts() -> list:
     return [(parts, gt_mask[:, 0], gt_label)]
 
 
-def test_the_pixel_map_is_the_best_dice_near_the_best_pixel_auroc_and_the_image_score_the_best_ranker():
+def test_the_pixel_map_is_the_lightest_near_the_best_ranks_and_outlines_and_the_image_score_the_best_ranker():
     kept = _kept_parts()
     current = {"feature_distance": 0.0, "feature_prior": 0.0, "mask_floor": 0.0}
     candidates = [{"feature_distance": 0.0, "feature_prior": 0.0}] + [
@@ -471,9 +479,16 @@ def test_the_pixel_map_is_the_best_dice_near_the_best_pixel_auroc_and_the_image_
     # The mask alone has the best Dice but ranks half the defective pixels as normal.
     assert rows[0]["Dice"] == max(row["Dice"] for row in rows)
     assert rows[0]["pixel_AUROC"] < max(row["pixel_AUROC"] for row in rows) - PIXEL_AUROC_TOLERANCE
-    near = [row for row in rows if row["pixel_AUROC"] >= max(r["pixel_AUROC"] for r in rows) - PIXEL_AUROC_TOLERANCE]
-    assert dice == max(row["Dice"] for row in near)
-    assert chosen["feature_prior"] > 0
+    near = [
+        i
+        for i, row in enumerate(rows)
+        if row["pixel_AUROC"] >= max(r["pixel_AUROC"] for r in rows) - PIXEL_AUROC_TOLERANCE
+    ]
+    best_dice = max(rows[i]["Dice"] for i in near)
+    eligible = [i for i in near if rows[i]["Dice"] >= best_dice - DICE_TOLERANCE]
+    lightest = min(eligible, key=lambda i: (candidates[i]["feature_prior"], -rows[i]["Dice"]))
+    assert dice == rows[lightest]["Dice"]
+    assert chosen["feature_prior"] == candidates[lightest]["feature_prior"] > 0
     best_ranker = max(range(len(rows)), key=lambda i: rows[i]["image_AUROC"])
     assert chosen["score_feature_prior"] == candidates[best_ranker]["feature_prior"]
     # The image score is the maximum of that map; the pixel map stays the chosen one.

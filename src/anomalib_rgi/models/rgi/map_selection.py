@@ -4,10 +4,13 @@ A fit keeps the parts of every validation map (:meth:`~.anomaly_map.AnomalyMap.p
 them again at other settings costs no second inversion. The functions here score, choose and learn
 from those kept parts; the validation Dice they compute is the one that also chooses the epoch.
 
-Two choices are made among the candidate weights. The pixel map: the highest dataset-level Dice among
-the maps whose pixel AUROC is within :data:`PIXEL_AUROC_TOLERANCE` of the best one's, so that a map
-that outlines the defects it finds a little better cannot win while it misses others altogether. The
-image score: the map whose maximum has the highest image AUROC.
+Two choices are made among the candidate weights. The pixel map: among the maps whose pixel AUROC is
+within :data:`PIXEL_AUROC_TOLERANCE` of the best one's (so that a map that outlines the defects it
+finds a little better cannot win while it misses others altogether) and whose dataset-level Dice is
+within :data:`DICE_TOLERANCE` of the best of those, the one that adds the least weight to the mask.
+Differences inside those tolerances follow which defects the validation half happens to hold;
+weight added for them tunes the map to those kinds, and defects of a kind validation lacks lose it.
+The image score: the map whose maximum has the highest image AUROC.
 """
 
 from __future__ import annotations
@@ -23,9 +26,20 @@ from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_rgi.metrics import ranking_quality
 
-from .anomaly_map import FLOOR_OF, FLOORS, MapSettings, describe_map, image_score, scored_as, weigh, weigh_maps
+from .anomaly_map import (
+    ADDED_PARTS,
+    FLOOR_OF,
+    FLOORS,
+    MapSettings,
+    describe_map,
+    image_score,
+    scored_as,
+    weigh,
+    weigh_maps,
+)
 
 PIXEL_AUROC_TOLERANCE = 0.01
+DICE_TOLERANCE = 0.01
 
 # One validation batch: the map's parts, the ground-truth masks and labels (either may be None).
 KeptBatch = tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]
@@ -94,9 +108,10 @@ def choose_settings(
 ) -> tuple[MapSettings, float | None, dict[str, dict[str, float]]]:
     """Learn the floors, then choose the pixel map's and the image score's weights among the candidates.
 
-    The pixel map: the best validation Dice among the candidates whose pixel AUROC is within
-    :data:`PIXEL_AUROC_TOLERANCE` of the best; the image score: the best image AUROC. Ties go to the
-    first candidate.
+    The pixel map: of the candidates whose pixel AUROC is within :data:`PIXEL_AUROC_TOLERANCE` of the
+    best and whose Dice is within :data:`DICE_TOLERANCE` of the best of those, the lightest (the least
+    total weight added to the mask; then the better Dice). The image score: the best image AUROC.
+    Remaining ties go to the first candidate.
 
     Args:
         kept (list[KeptBatch]): The validation's kept parts.
@@ -135,8 +150,11 @@ def choose_settings(
     options = [scored_as(settings | weights, weights) for weights in candidates]
     pixel_auroc, dice = zip(*(validation_pixel_quality(kept, option) for option in options), strict=True)
     image_auroc = [validation_image_auroc(kept, option) for option in options]
-    eligible = [i for i, value in enumerate(pixel_auroc) if value >= max(pixel_auroc) - PIXEL_AUROC_TOLERANCE]
-    best = max(eligible, key=dice.__getitem__)
+    ranks_near_best = [i for i, value in enumerate(pixel_auroc) if value >= max(pixel_auroc) - PIXEL_AUROC_TOLERANCE]
+    best_dice = max(dice[i] for i in ranks_near_best)
+    eligible = [i for i in ranks_near_best if dice[i] >= best_dice - DICE_TOLERANCE]
+    added = [sum(weights.get(part, 0.0) for part in ADDED_PARTS) for weights in candidates]
+    best = min(eligible, key=lambda i: (added[i], -dice[i]))
     chosen = options[best]
     if image_auroc[0] is not None:
         chosen = scored_as(chosen, options[max(range(len(options)), key=image_auroc.__getitem__)])
