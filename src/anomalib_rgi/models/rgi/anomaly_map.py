@@ -13,8 +13,9 @@ Three parts can be added to it:
 - ``"mask+feature_prior"``: plus the residual of a generative prior of normal ImageNet features;
 - ``"best_on_validation"``: each validation of the fit chooses among the mask alone or with the
   coarse residual, each beside the feature prior or not, at every candidate weight: the pixel
-  map with the highest validation Dice among those whose pixel AUROC is within 0.01 of the best, and,
-  on its own, the map whose maximum scores images best (validation image AUROC). The two kinds of
+  map that adds the least weight to the mask among those within 0.01 of the best validation pixel
+  AUROC and within 0.01 of the best Dice of those, and, on its own, the map whose maximum scores
+  images best (validation image AUROC). The two kinds of
   part see different defects: the coarse residual faint, spread-out changes of a part the prior
   models, the feature prior foreign material and textures it does not.
 

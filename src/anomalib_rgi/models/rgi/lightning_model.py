@@ -94,9 +94,9 @@ class Rgi(RgiExportMixin, AnomalibModule):
             as a blur. ``"mask+feature_prior"``: plus the residual of a
             generative prior of normal ImageNet features, fitted when the fit starts. ``"best_on_validation"``:
             each validation of the fit keeps, among the mask with or without the coarse residual, beside no
-            feature part or one, the map with the best validation Dice among those within 0.01 of the best
-            pixel AUROC, and the image score of the best image AUROC (needs defect masks in the validation
-            images).
+            feature part or one, the lightest map (least weight added to the mask) among those within 0.01
+            of the best validation pixel AUROC and of the best Dice, and the image score of the best image
+            AUROC (needs defect masks in the validation images).
         feature_weight (float | list[float]): Weight of the added part, in the mask map's units (the
             part's scale is calibrated on training images). A list: candidates, the best-validating kept.
         mask_floor_quantile (float): Above 0: the mask counts only above its level on good parts, learned
