@@ -1,7 +1,7 @@
 """Solver budgets on one prior: each variant's map chosen on validation, as a fit chooses it.
 
     python research/probes/solver_budget.py CKPT --category C --data-root R \
-        --variants steps=10 steps=3,lr=0.6 steps=0,mask_solver=closed_form [--test]
+        --variants steps=10 steps=3,lr=0.6 steps=0,mask_solver=closed_form steps=200,finetune_steps=50 [--test]
 
 Each variant overrides the checkpoint's inversion settings (steps, lr, mask_lr, mask_solver, lam);
 its validation half is inverted, the map chosen among the model's candidates with the fit's rule
@@ -26,7 +26,8 @@ def parse_variant(text: str) -> dict[str, float | str]:
     overrides: dict[str, float | str] = {}
     for item in text.split(","):
         name, value = item.split("=")
-        overrides[name] = value if name == "mask_solver" else (int(value) if name == "steps" else float(value))
+        counts = ("steps", "finetune_steps")
+        overrides[name] = value if name == "mask_solver" else (int(value) if name in counts else float(value))
     return overrides
 
 
