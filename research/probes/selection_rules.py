@@ -28,9 +28,13 @@ from select_map import parts_of, prepared_model
 
 from anomalib_rgi.metrics import ranking_quality
 from anomalib_rgi.models.rgi.anomaly_map import ADDED_PARTS, scored_as, weigh
-from anomalib_rgi.models.rgi.map_selection import PIXEL_AUROC_TOLERANCE, choose_settings, validation_pixel_quality
-
-DICE_TOLERANCE = 0.01
+from anomalib_rgi.models.rgi.map_selection import (
+    DICE_TOLERANCE,
+    PIXEL_AUROC_TOLERANCE,
+    choose_settings,
+    lightest_near_best,
+    validation_pixel_quality,
+)
 
 
 def near_best_auroc(auroc: list[float]) -> list[int]:
@@ -47,7 +51,7 @@ RULES = {
     "dice_near_best_auroc": lambda auroc, dice, *_: max(near_best_auroc(auroc), key=dice.__getitem__),
     "auroc_near_best_dice": lambda auroc, dice, *_: max(near_best_both(auroc, dice), key=auroc.__getitem__),
     "sum": lambda auroc, dice, *_: max(range(len(auroc)), key=lambda i: auroc[i] + dice[i]),
-    "lightest": lambda auroc, dice, weight: min(near_best_both(auroc, dice), key=lambda i: (weight[i], -dice[i])),
+    "lightest": lightest_near_best,  # the product's rule
     "auroc": lambda auroc, *_: max(range(len(auroc)), key=auroc.__getitem__),
 }
 

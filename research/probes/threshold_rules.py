@@ -27,10 +27,12 @@ from scipy import stats
 from select_map import parts_of, prepared_model
 
 from anomalib_rgi.models.rgi.anomaly_map import score_settings, weigh
+from anomalib_rgi.post_processing import false_alarm_threshold
 
 
 def normal(scores: np.ndarray, rate: float) -> float:
-    return max(scores.max(), scores.mean() + stats.norm.ppf(1 - rate) * scores.std(ddof=1))
+    """The product's rule (``post_processing.false_alarm_threshold``)."""
+    return float(false_alarm_threshold(torch.from_numpy(scores).double(), rate))
 
 
 def normal_prediction(scores: np.ndarray, rate: float) -> float:

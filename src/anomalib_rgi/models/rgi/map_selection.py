@@ -100,6 +100,25 @@ def validation_image_auroc(kept: list[KeptBatch], settings: MapSettings) -> floa
     return float(binary_auroc(scores, labels))
 
 
+def lightest_near_best(pixel_auroc: list[float], dice: list[float], added: list[float]) -> int:
+    """Return the index of the pixel map to keep among candidates scored on validation.
+
+    Of the candidates whose pixel AUROC is within :data:`PIXEL_AUROC_TOLERANCE` of the best and whose
+    Dice is within :data:`DICE_TOLERANCE` of the best of those, the one with the least ``added``
+    weight, then the better Dice; remaining ties go to the first.
+
+    Args:
+        pixel_auroc (list[float]): Each candidate's validation pixel AUROC.
+        dice (list[float]): Each candidate's validation Dice at the best threshold.
+        added (list[float]): Each candidate's total weight added to the mask.
+
+    """
+    ranks_near_best = [i for i, value in enumerate(pixel_auroc) if value >= max(pixel_auroc) - PIXEL_AUROC_TOLERANCE]
+    best_dice = max(dice[i] for i in ranks_near_best)
+    eligible = [i for i in ranks_near_best if dice[i] >= best_dice - DICE_TOLERANCE]
+    return min(eligible, key=lambda i: (added[i], -dice[i]))
+
+
 def choose_settings(
     kept: list[KeptBatch],
     current: MapSettings,
@@ -108,10 +127,8 @@ def choose_settings(
 ) -> tuple[MapSettings, float | None, dict[str, dict[str, float]]]:
     """Learn the floors, then choose the pixel map's and the image score's weights among the candidates.
 
-    The pixel map: of the candidates whose pixel AUROC is within :data:`PIXEL_AUROC_TOLERANCE` of the
-    best and whose Dice is within :data:`DICE_TOLERANCE` of the best of those, the lightest (the least
-    total weight added to the mask; then the better Dice). The image score: the best image AUROC.
-    Remaining ties go to the first candidate.
+    The pixel map: :func:`lightest_near_best`. The image score: the best image AUROC (ties: the first
+    candidate).
 
     Args:
         kept (list[KeptBatch]): The validation's kept parts.
@@ -150,11 +167,8 @@ def choose_settings(
     options = [scored_as(settings | weights, weights) for weights in candidates]
     pixel_auroc, dice = zip(*(validation_pixel_quality(kept, option) for option in options), strict=True)
     image_auroc = [validation_image_auroc(kept, option) for option in options]
-    ranks_near_best = [i for i, value in enumerate(pixel_auroc) if value >= max(pixel_auroc) - PIXEL_AUROC_TOLERANCE]
-    best_dice = max(dice[i] for i in ranks_near_best)
-    eligible = [i for i in ranks_near_best if dice[i] >= best_dice - DICE_TOLERANCE]
     added = [sum(weights.get(part, 0.0) for part in ADDED_PARTS) for weights in candidates]
-    best = min(eligible, key=lambda i: (added[i], -dice[i]))
+    best = lightest_near_best(pixel_auroc, dice, added)
     chosen = options[best]
     if image_auroc[0] is not None:
         chosen = scored_as(chosen, options[max(range(len(options)), key=image_auroc.__getitem__)])
